@@ -204,5 +204,5 @@ class Runtime(ABC):
         a partial file.  Raises ContainerNotFound if it is gone."""
         raise NotImplementedError(f"{self.name} runtime cannot deliver input")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release client resources (connections); containers are untouched."""

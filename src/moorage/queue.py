@@ -1,0 +1,756 @@
+"""The queue: the job state machine on the store.
+
+One verb per state change, each one transaction that also appends one event:
+
+- ``enqueue``  (new) -> waiting
+- ``claim``    waiting -> active, under a new attempt number (the fencing token)
+- ``start``    records the container of the current attempt
+- ``reclaim``  records that a restarted moorage took the attempt back
+- ``finish``   active -> completed
+- ``fail``     active -> waiting (after a backoff) or failed (out of retries)
+- ``release``  active -> waiting without spending a retry (engine outage)
+- ``cancel``   waiting -> cancelled
+- ``retry``    failed or cancelled -> waiting, with a fresh retry budget
+- ``prune``    deletes finished jobs (and their history) past an age
+
+``finish``, ``fail``, ``start``, ``reclaim`` and ``release`` name the attempt
+they are about; if that attempt is no longer current they change nothing and
+raise :class:`StaleAttempt`.  The queue knows nothing of containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moorage import validation
+from moorage.clock import Clock, SystemClock
+from moorage.errors import InvalidInput, InvalidTransition, JobNotFound
+from moorage.models import Event, GroupStatus, Job, Kind, Priority, QueueStatus, Status
+from moorage.store import Database, prepare_data_dir
+from moorage.store import queries as q
+from moorage.store.sqlite import DB_FILENAME, Synchronous
+
+logger = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+
+class StaleAttempt(InvalidTransition):
+    """The attempt named is no longer the job's current one; nothing changed."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``base * 2**(n-1)``, capped, times a random factor
+    in ``[1 - jitter, 1 + jitter]``; after ``max_retries`` failed retries the
+    job fails for good."""
+
+    max_retries: int = 5
+    base: float = 5.0
+    cap: float = 3600.0
+    jitter: float = 0.2
+
+    def delay(self, retry_number: int, rng: random.Random) -> float:
+        raw = min(self.cap, self.base * 2.0 ** (retry_number - 1))
+        return raw * rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    completed: int
+    failed: int
+    cancelled: int
+
+    @property
+    def total(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0],
+        group_id=row[1],
+        kind=Kind(row[2]),
+        status=Status(row[3]),
+        priority=Priority(row[4]),
+        message_text=row[5],
+        chat_jid=row[6],
+        enqueued_at=row[7],
+        run_after=row[8],
+        started_at=row[9],
+        finished_at=row[10],
+        attempt=row[11],
+        retry_count=row[12],
+        max_retries=row[13],
+        timeout=row[14],
+        container_id=row[15],
+        last_error=row[16],
+    )
+
+
+class Queue:
+    """The durable per-group queue over one database.
+
+    Safe to share between the threads of a process; several processes may
+    use one database at once (writers are serialised by SQLite).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_message_bytes: int = validation.DEFAULT_MAX_MESSAGE_BYTES,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock or SystemClock()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.max_message_bytes = max_message_bytes
+        self._rng = rng or random.Random()
+        install = db.meta("install_id")
+        if install is None:  # migrations always write it
+            raise InvalidTransition("database has no install id")
+        self.install_id = install
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        **kwargs: Any,
+    ) -> Queue:
+        """Open (creating if needed) the queue of a data directory."""
+        path = prepare_data_dir(Path(data_dir))
+        return cls(Database(path / DB_FILENAME, synchronous=synchronous), **kwargs)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transitions ---------------------------------------------------------
+
+    def enqueue(
+        self,
+        group_id: str,
+        text: str,
+        *,
+        kind: str | Kind = Kind.MESSAGE,
+        chat_jid: str | None = None,
+        priority: str | Priority = Priority.NORMAL,
+        run_after: float | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Add a waiting job; when this returns, the job is committed durably.
+
+        ``run_after`` (epoch seconds) schedules a task; messages always run in
+        their group's order and cannot be scheduled.
+        """
+        group = validation.group_id(group_id)
+        body = validation.message_text(text, self.max_message_bytes)
+        jid = validation.chat_jid(chat_jid)
+        job_kind = _kind(kind)
+        prio = Priority.parse(priority)
+        retries = self.retry_policy.max_retries if max_retries is None else max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidInput("max_retries must be a whole number ≥ 0")
+        limit = validation.seconds("timeout", timeout)
+        if limit is not None and limit <= 0:
+            raise InvalidInput("timeout must be more than 0 seconds")
+        due = validation.seconds("run_after", run_after)
+        if due is not None and job_kind is Kind.MESSAGE:
+            raise InvalidInput(
+                "only tasks can be scheduled with run_after; messages run in order"
+            )
+
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            ready = now if due is None else due
+            (job_id,) = conn.execute(
+                q.INSERT_JOB,
+                {
+                    "group_id": group,
+                    "kind": job_kind.value,
+                    "priority": int(prio),
+                    "text": body,
+                    "chat_jid": jid,
+                    "now": now,
+                    "run_after": ready,
+                    "max_retries": retries,
+                    "timeout": limit,
+                },
+            ).fetchone()
+            self._event(conn, job_id, now, None, Status.WAITING, 0, None)
+            conn.execute(
+                q.LANE_ADD_WAITING,
+                {
+                    "group_id": group,
+                    "priority": int(prio),
+                    "job_id": job_id,
+                    "ready_at": ready,
+                },
+            )
+        return Job(
+            id=job_id,
+            group_id=group,
+            kind=job_kind,
+            status=Status.WAITING,
+            priority=prio,
+            message_text=body,
+            chat_jid=jid,
+            enqueued_at=now,
+            run_after=ready,
+            started_at=None,
+            finished_at=None,
+            attempt=0,
+            retry_count=0,
+            max_retries=retries,
+            timeout=limit,
+            container_id=None,
+            last_error=None,
+        )
+
+    def claim(self, max_concurrent: int, limit: int | None = None) -> list[Job]:
+        """Move the next runnable jobs to active, each under a new attempt.
+
+        Takes at most ``max_concurrent`` minus the jobs already active (in
+        every process using this database), and at most ``limit``.  Free
+        groups are taken most urgent first; each gives its head job: its
+        earliest due task, else its oldest message.  Returns [] when nothing
+        is runnable.  Atomic: either every returned job was claimed or none.
+        """
+        validation.positive_int("max_concurrent", max_concurrent)
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            (active,) = conn.execute(q.COUNT_ACTIVE).fetchone()
+            slots = max_concurrent - active
+            if limit is not None:
+                slots = min(slots, limit)
+            if slots <= 0:
+                return []
+            groups = [
+                row[0]
+                for row in conn.execute(q.READY_LANES, {"now": now, "limit": slots})
+            ]
+            claimed = []
+            for group in groups:
+                job = self._claim_head(conn, group, now)
+                if job is not None:
+                    claimed.append(job)
+        for job in claimed:
+            logger.debug(
+                "claimed job %d attempt %d",
+                job.id,
+                job.attempt,
+                extra={
+                    "action": "claim",
+                    "job": job.id,
+                    "group": job.group_id,
+                    "attempt": job.attempt,
+                },
+            )
+        return claimed
+
+    def _claim_head(
+        self, conn: sqlite3.Connection, group: str, now: float
+    ) -> Job | None:
+        row = conn.execute(q.GROUP_DUE_TASK, {"group_id": group, "now": now}).fetchone()
+        if row is None:
+            row = conn.execute(q.GROUP_FIRST_MESSAGE, {"group_id": group}).fetchone()
+        if row is None:
+            self._refresh_lane(conn, group, now)  # the lane was stale; mend it
+            return None
+        claimed = conn.execute(q.CLAIM_JOB, {"job_id": row[0], "now": now}).fetchone()
+        job = _job(claimed)
+        self._event(
+            conn, job.id, now, Status.WAITING, Status.ACTIVE, job.attempt, "claimed"
+        )
+        self._refresh_lane(
+            conn, group, now, waiting_delta=-1, active_job=job.id, clear_hold=True
+        )
+        return job
+
+    def start(self, job_id: int, attempt: int, container_id: str) -> Job:
+        """Record the container that runs the current attempt."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            row = conn.execute(
+                q.START_JOB,
+                {"job_id": job_id, "attempt": attempt, "container_id": container_id},
+            ).fetchone()
+            if row is None:
+                self._stale(conn, job_id, attempt, "start")
+            job = _job(row)
+            self._event(
+                conn,
+                job_id,
+                now,
+                Status.ACTIVE,
+                Status.ACTIVE,
+                attempt,
+                f"started {container_id}",
+            )
+        return job
+
+    def reclaim(self, job_id: int, attempt: int, detail: str) -> Job:
+        """Record that this process took back a running attempt after a restart."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            row = conn.execute(q.SELECT_JOB, {"job_id": job_id}).fetchone()
+            if row is None or row[3] != Status.ACTIVE or row[11] != attempt:
+                self._stale(conn, job_id, attempt, "reclaim")
+            self._event(
+                conn, job_id, now, Status.ACTIVE, Status.ACTIVE, attempt, detail
+            )
+        return _job(row)
+
+    def finish(self, job_id: int, attempt: int, detail: str = "exit 0") -> Job:
+        """The current attempt succeeded: active -> completed."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            job = self._finalize(
+                conn, job_id, attempt, Status.COMPLETED, None, now, "finish"
+            )
+            self._event(
+                conn, job_id, now, Status.ACTIVE, Status.COMPLETED, attempt, detail
+            )
+        logger.info(
+            "job %d completed (attempt %d)",
+            job_id,
+            attempt,
+            extra={
+                "action": "finish",
+                "job": job_id,
+                "group": job.group_id,
+                "attempt": attempt,
+            },
+        )
+        return job
+
+    def fail(
+        self, job_id: int, attempt: int, error: str, *, retryable: bool = True
+    ) -> Job:
+        """The current attempt failed.  If the job has retries left (and the
+        failure is retryable) it waits out a backoff, holding its group;
+        otherwise it is failed for good."""
+        error = error[:2000]
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            current = self._current(conn, job_id, attempt, "fail")
+            if retryable and current.retry_count < current.max_retries:
+                number = current.retry_count + 1
+                delay = self.retry_policy.delay(number, self._rng)
+                row = conn.execute(
+                    q.REQUEUE_JOB,
+                    {
+                        "job_id": job_id,
+                        "attempt": attempt,
+                        "run_after": now + delay,
+                        "retry_count": number,
+                        "error": error,
+                    },
+                ).fetchone()
+                job = _job(row)
+                detail = (
+                    f"{error}; retry {number}/{current.max_retries} in {delay:.1f}s"
+                )
+                self._event(
+                    conn, job_id, now, Status.ACTIVE, Status.WAITING, attempt, detail
+                )
+                self._refresh_lane(
+                    conn,
+                    job.group_id,
+                    now,
+                    waiting_delta=1,
+                    active_job=None,
+                    hold=now + delay,
+                )
+                logger.warning(
+                    "job %d attempt %d failed (%s); retry %d/%d in %.1f s",
+                    job_id,
+                    attempt,
+                    error,
+                    number,
+                    current.max_retries,
+                    delay,
+                    extra={
+                        "action": "retry",
+                        "job": job_id,
+                        "group": job.group_id,
+                        "attempt": attempt,
+                    },
+                )
+                return job
+            job = self._finalize(
+                conn, job_id, attempt, Status.FAILED, error, now, "fail"
+            )
+            self._event(conn, job_id, now, Status.ACTIVE, Status.FAILED, attempt, error)
+        logger.error(
+            "job %d failed for good after attempt %d: %s",
+            job_id,
+            attempt,
+            error,
+            extra={
+                "action": "fail",
+                "job": job_id,
+                "group": job.group_id,
+                "attempt": attempt,
+            },
+        )
+        return job
+
+    def release(self, job_id: int, attempt: int, reason: str) -> Job:
+        """Give a claim back without spending a retry (the attempt never ran)."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            current = self._current(conn, job_id, attempt, "release")
+            row = conn.execute(
+                q.REQUEUE_JOB,
+                {
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "run_after": now,
+                    "retry_count": current.retry_count,
+                    "error": reason,
+                },
+            ).fetchone()
+            job = _job(row)
+            self._event(
+                conn,
+                job_id,
+                now,
+                Status.ACTIVE,
+                Status.WAITING,
+                attempt,
+                f"released: {reason}",
+            )
+            self._refresh_lane(
+                conn, job.group_id, now, waiting_delta=1, active_job=None
+            )
+        return job
+
+    def cancel(self, job_id: int) -> Job:
+        """Withdraw a waiting job.  Active jobs cannot be cancelled here."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            row = conn.execute(q.CANCEL_JOB, {"job_id": job_id, "now": now}).fetchone()
+            if row is None:
+                job = self._get(conn, job_id)
+                raise InvalidTransition(
+                    f"job {job_id} is {job.status.value}; only waiting jobs can be cancelled"
+                )
+            job = _job(row)
+            self._event(
+                conn,
+                job_id,
+                now,
+                Status.WAITING,
+                Status.CANCELLED,
+                job.attempt,
+                "cancelled",
+            )
+            self._refresh_lane(
+                conn, job.group_id, now, waiting_delta=-1, recompute_hold=True
+            )
+        return job
+
+    def retry(self, job_id: int) -> Job:
+        """Send a failed or cancelled job back to waiting, with fresh retries."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            before = self._get(conn, job_id).status
+            row = conn.execute(q.RETRY_JOB, {"job_id": job_id, "now": now}).fetchone()
+            if row is None:
+                raise InvalidTransition(
+                    f"job {job_id} is {before.value}; "
+                    "only failed or cancelled jobs can be retried"
+                )
+            job = _job(row)
+            self._event(conn, job_id, now, before, Status.WAITING, job.attempt, "retry")
+            conn.execute(
+                q.LANE_ADD_WAITING,
+                {
+                    "group_id": job.group_id,
+                    "priority": int(job.priority),
+                    "job_id": job_id,
+                    "ready_at": now,
+                },
+            )
+        return job
+
+    def prune(
+        self,
+        completed_older_than: float = DAY,
+        failed_older_than: float = 7 * DAY,
+        cancelled_older_than: float = 7 * DAY,
+        *,
+        batch: int = 2000,
+    ) -> PruneResult:
+        """Delete finished jobs, with their history, whose ``finished_at`` is
+        older than the given ages (seconds).  Waiting and active jobs are never
+        touched.  Deletes in batches so writers are not held up for long."""
+        counts: dict[str, int] = {}
+        for status, age in (
+            (Status.COMPLETED, completed_older_than),
+            (Status.FAILED, failed_older_than),
+            (Status.CANCELLED, cancelled_older_than),
+        ):
+            validation.seconds(f"{status.value} age", age, allow_none=False)
+            counts[status.value] = self._prune_status(status, age, batch)
+        result = PruneResult(counts["completed"], counts["failed"], counts["cancelled"])
+        if result.total:
+            logger.info(
+                "pruned %d jobs (%d completed, %d failed, %d cancelled)",
+                result.total,
+                result.completed,
+                result.failed,
+                result.cancelled,
+                extra={"action": "prune"},
+            )
+        return result
+
+    def _prune_status(self, status: Status, age: float, batch: int) -> int:
+        deleted = 0
+        while True:
+            with self.db.transaction() as conn:
+                cutoff = self.clock.now() - age
+                ids = [
+                    (row[0],)
+                    for row in conn.execute(
+                        q.PRUNABLE_IDS,
+                        {"status": status.value, "cutoff": cutoff, "limit": batch},
+                    )
+                ]
+                conn.executemany("DELETE FROM events WHERE job_id = ?", ids)
+                conn.executemany("DELETE FROM replies WHERE job_id = ?", ids)
+                conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+            deleted += len(ids)
+            if len(ids) < batch:
+                return deleted
+
+    # -- reads ---------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        with self.db.reading() as conn:
+            return self._get(conn, job_id)
+
+    def events(self, job_id: int) -> list[Event]:
+        with self.db.reading() as conn:
+            self._get(conn, job_id)
+            rows = conn.execute(q.SELECT_EVENTS, {"job_id": job_id}).fetchall()
+        return [
+            Event(
+                id=r[0],
+                job_id=r[1],
+                at=r[2],
+                from_status=None if r[3] is None else Status(r[3]),
+                to_status=Status(r[4]),
+                attempt=r[5],
+                detail=r[6],
+            )
+            for r in rows
+        ]
+
+    def jobs(
+        self,
+        *,
+        status: str | Status | None = None,
+        group_id: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, optionally filtered; ``before_id`` pages on."""
+        validation.positive_int("limit", limit)
+        clauses: list[str] = []
+        params: dict[str, object] = {}
+        if status is not None:
+            try:
+                params["status"] = Status(status).value
+            except ValueError as exc:
+                raise InvalidInput(
+                    f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}"
+                ) from exc
+            clauses.append("status = :status")
+        if group_id is not None:
+            params["group_id"] = validation.group_id(group_id)
+            clauses.append("group_id = :group_id")
+        if before_id is not None:
+            params["before_id"] = validation.job_id(before_id)
+            clauses.append("id < :before_id")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {q.JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT :limit"
+        params["limit"] = limit
+        with self.db.reading() as conn:
+            return [_job(r) for r in conn.execute(sql, params)]
+
+    def active(self) -> list[Job]:
+        with self.db.reading() as conn:
+            return [_job(r) for r in conn.execute(q.SELECT_ACTIVE)]
+
+    def status(self) -> QueueStatus:
+        with self.db.reading() as conn:
+            counts = {s.value: 0 for s in Status}
+            for status, count in conn.execute(q.COUNT_BY_STATUS):
+                counts[status] = count
+            groups = [GroupStatus(g, a, w) for g, a, w in conn.execute(q.SELECT_LANES)]
+        return QueueStatus(counts=counts, groups=groups)
+
+    def next_ready_at(self) -> float | None:
+        """When a free group next has a due job (None: no waiting job)."""
+        with self.db.reading() as conn:
+            (value,) = conn.execute(q.NEXT_READY_AT).fetchone()
+        return None if value is None else float(value)
+
+    # -- internals -------------------------------------------------------------
+
+    def _get(self, conn: sqlite3.Connection, job_id: int) -> Job:
+        row = conn.execute(q.SELECT_JOB, {"job_id": job_id}).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+    def _current(
+        self, conn: sqlite3.Connection, job_id: int, attempt: int, verb: str
+    ) -> Job:
+        job = self._get(conn, job_id)
+        if job.status is not Status.ACTIVE or job.attempt != attempt:
+            self._stale(conn, job_id, attempt, verb)
+        return job
+
+    def _stale(
+        self, conn: sqlite3.Connection, job_id: int, attempt: int, verb: str
+    ) -> None:
+        job = self._get(conn, job_id)
+        raise StaleAttempt(
+            f"cannot {verb} job {job_id} attempt {attempt}: the job is {job.status.value} "
+            f"at attempt {job.attempt}; nothing changed"
+        )
+
+    def _finalize(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        attempt: int,
+        status: Status,
+        error: str | None,
+        now: float,
+        verb: str,
+    ) -> Job:
+        row = conn.execute(
+            q.FINISH_JOB,
+            {
+                "job_id": job_id,
+                "attempt": attempt,
+                "status": status.value,
+                "now": now,
+                "error": error,
+            },
+        ).fetchone()
+        if row is None:
+            self._stale(conn, job_id, attempt, verb)
+        job = _job(row)
+        self._refresh_lane(conn, job.group_id, now, active_job=None)
+        return job
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        job_id: int,
+        now: float,
+        before: Status | None,
+        after: Status,
+        attempt: int,
+        detail: str | None,
+    ) -> None:
+        conn.execute(
+            q.INSERT_EVENT,
+            {
+                "job_id": job_id,
+                "now": now,
+                "from_status": None if before is None else before.value,
+                "to_status": after.value,
+                "attempt": attempt,
+                "detail": detail,
+            },
+        )
+
+    _KEEP: Any = object()
+
+    def _refresh_lane(
+        self,
+        conn: sqlite3.Connection,
+        group: str,
+        now: float,
+        *,
+        waiting_delta: int = 0,
+        active_job: Any = _KEEP,
+        hold: float | None = None,
+        clear_hold: bool = False,
+        recompute_hold: bool = False,
+    ) -> None:
+        """Recompute one group's lane after a change to its jobs (indexed
+        look-ups only; the group's waiting jobs are never scanned whole)."""
+        lane = conn.execute(q.SELECT_LANE, {"group_id": group}).fetchone()
+        current_active, waiting, held_until = (
+            lane if lane is not None else (None, 0, 0.0)
+        )
+        if active_job is not Queue._KEEP:
+            current_active = active_job
+        waiting += waiting_delta
+        if clear_hold:
+            held_until = 0.0
+        if hold is not None:
+            held_until = hold
+        if recompute_hold and held_until > now:
+            (held,) = conn.execute(
+                q.GROUP_HOLD, {"group_id": group, "now": now}
+            ).fetchone()
+            held_until = held or 0.0
+        if waiting <= 0 and current_active is None:
+            conn.execute(q.DELETE_LANE, {"group_id": group})
+            return
+        rank = conn.execute(q.GROUP_RANK, {"group_id": group}).fetchone()
+        message = conn.execute(q.GROUP_FIRST_MESSAGE, {"group_id": group}).fetchone()
+        if message is not None:
+            natural = message[1]
+        else:
+            (natural,) = conn.execute(
+                q.GROUP_FIRST_TASK_DUE, {"group_id": group}
+            ).fetchone()
+        values = {
+            "group_id": group,
+            "active_job": current_active,
+            "waiting": max(waiting, 0),
+            "rank_priority": None if rank is None else rank[0],
+            "rank_job": None if rank is None else rank[1],
+            "held_until": held_until,
+            "ready_at": None if natural is None else max(natural, held_until),
+        }
+        if lane is None:
+            conn.execute(
+                "INSERT INTO lanes (group_id, active_job, waiting, rank_priority, rank_job, "
+                "held_until, ready_at) VALUES (:group_id, :active_job, :waiting, "
+                ":rank_priority, :rank_job, :held_until, :ready_at)",
+                values,
+            )
+        else:
+            conn.execute(q.UPDATE_LANE, values)
+
+
+def _kind(value: str | Kind) -> Kind:
+    try:
+        return Kind(value)
+    except ValueError as exc:
+        raise InvalidInput(f"kind must be message or task; got {value!r}") from exc
+
+
+def ids(jobs: Iterable[Job]) -> list[int]:
+    return [job.id for job in jobs]

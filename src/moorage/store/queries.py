@@ -1,0 +1,170 @@
+"""Every SQL statement the queue runs, each named and explained in one line.
+
+Named parameters throughout; nothing is ever formatted into SQL text.
+"""
+
+JOB_COLUMNS = (
+    "id, group_id, kind, status, priority, message_text, chat_jid, enqueued_at, "
+    "run_after, started_at, finished_at, attempt, retry_count, max_retries, timeout, "
+    "container_id, last_error"
+)
+
+#: Add a new waiting job; returns its id.
+INSERT_JOB = """
+INSERT INTO jobs (group_id, kind, status, priority, message_text, chat_jid,
+                  enqueued_at, run_after, max_retries, timeout)
+VALUES (:group_id, :kind, 'waiting', :priority, :text, :chat_jid,
+        :now, :run_after, :max_retries, :timeout)
+RETURNING id
+"""
+
+#: Append one transition to a job's history.
+INSERT_EVENT = """
+INSERT INTO events (job_id, at, from_status, to_status, attempt, detail)
+VALUES (:job_id, :now, :from_status, :to_status, :attempt, :detail)
+"""
+
+#: Count a newly waiting job into its group's lane (creating the lane if new).
+#: All right-hand sides see the lane as it was before this statement.
+LANE_ADD_WAITING = """
+INSERT INTO lanes (group_id, active_job, waiting, rank_priority, rank_job, held_until, ready_at)
+VALUES (:group_id, NULL, 1, :priority, :job_id, 0, :ready_at)
+ON CONFLICT (group_id) DO UPDATE SET
+    waiting = waiting + 1,
+    rank_job = CASE WHEN rank_priority IS NULL OR excluded.rank_priority < rank_priority
+                    THEN excluded.rank_job ELSE rank_job END,
+    rank_priority = min(coalesce(rank_priority, 9), excluded.rank_priority),
+    ready_at = max(held_until, min(coalesce(ready_at, excluded.ready_at), excluded.ready_at))
+"""
+
+#: The lane of one group.
+SELECT_LANE = (
+    "SELECT active_job, waiting, held_until FROM lanes WHERE group_id = :group_id"
+)
+
+#: Write a lane's recomputed fields.
+UPDATE_LANE = """
+UPDATE lanes SET active_job = :active_job, waiting = :waiting, rank_priority = :rank_priority,
+                 rank_job = :rank_job, held_until = :held_until, ready_at = :ready_at
+WHERE group_id = :group_id
+"""
+
+#: Forget a group that has no waiting and no active job.
+DELETE_LANE = "DELETE FROM lanes WHERE group_id = :group_id"
+
+#: A group's most urgent waiting job (uses jobs_waiting_by_rank).
+GROUP_RANK = """
+SELECT priority, id FROM jobs
+WHERE group_id = :group_id AND status = 'waiting'
+ORDER BY priority, id LIMIT 1
+"""
+
+#: A group's oldest waiting message (uses jobs_waiting_in_order).
+GROUP_FIRST_MESSAGE = """
+SELECT id, run_after FROM jobs
+WHERE group_id = :group_id AND status = 'waiting' AND kind = 'message'
+ORDER BY id LIMIT 1
+"""
+
+#: When a group's earliest waiting task falls due.
+GROUP_FIRST_TASK_DUE = """
+SELECT min(run_after) FROM jobs
+WHERE group_id = :group_id AND status = 'waiting' AND kind = 'task'
+"""
+
+#: The due task a group runs before its messages: earliest due, then oldest.
+GROUP_DUE_TASK = """
+SELECT id FROM jobs
+WHERE group_id = :group_id AND status = 'waiting' AND kind = 'task' AND run_after <= :now
+ORDER BY run_after, id LIMIT 1
+"""
+
+#: The end of the backoff still holding a group, if any (after a cancel).
+GROUP_HOLD = """
+SELECT max(run_after) FROM jobs
+WHERE group_id = :group_id AND status = 'waiting' AND retry_count > 0 AND run_after > :now
+"""
+
+#: Number of active jobs (for the global cap).
+COUNT_ACTIVE = "SELECT count(*) FROM jobs WHERE status = 'active'"
+
+#: Free groups with a due job, most urgent first (uses lanes_free_by_rank).
+READY_LANES = """
+SELECT group_id FROM lanes
+WHERE active_job IS NULL AND waiting > 0 AND ready_at <= :now
+ORDER BY rank_priority, rank_job LIMIT :limit
+"""
+
+#: The earliest moment any free group can start a job.
+NEXT_READY_AT = """
+SELECT min(ready_at) FROM lanes WHERE active_job IS NULL AND waiting > 0
+"""
+
+#: Move one waiting job to active under a new attempt number.
+CLAIM_JOB = f"""
+UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
+                finished_at = NULL, container_id = NULL, output_position = 0
+WHERE id = :job_id AND status = 'waiting'
+RETURNING {JOB_COLUMNS}
+"""
+
+#: Record the container running the current attempt (fenced by attempt).
+START_JOB = f"""
+UPDATE jobs SET container_id = :container_id
+WHERE id = :job_id AND status = 'active' AND attempt = :attempt
+RETURNING {JOB_COLUMNS}
+"""
+
+#: Move the current attempt's job to a final status (fenced by attempt).
+FINISH_JOB = f"""
+UPDATE jobs SET status = :status, finished_at = :now, last_error = :error
+WHERE id = :job_id AND status = 'active' AND attempt = :attempt
+RETURNING {JOB_COLUMNS}
+"""
+
+#: Put the current attempt's job back to waiting (fenced by attempt).
+REQUEUE_JOB = f"""
+UPDATE jobs SET status = 'waiting', run_after = :run_after, retry_count = :retry_count,
+                last_error = :error
+WHERE id = :job_id AND status = 'active' AND attempt = :attempt
+RETURNING {JOB_COLUMNS}
+"""
+
+#: Withdraw a waiting job.
+CANCEL_JOB = f"""
+UPDATE jobs SET status = 'cancelled', finished_at = :now
+WHERE id = :job_id AND status = 'waiting'
+RETURNING {JOB_COLUMNS}
+"""
+
+#: Revive a failed or cancelled job with a fresh retry budget.
+RETRY_JOB = f"""
+UPDATE jobs SET status = 'waiting', run_after = :now, retry_count = 0, finished_at = NULL
+WHERE id = :job_id AND status IN ('failed', 'cancelled')
+RETURNING {JOB_COLUMNS}
+"""
+
+#: One job by id.
+SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :job_id"
+
+#: A job's history, oldest first.
+SELECT_EVENTS = """
+SELECT id, job_id, at, from_status, to_status, attempt, detail
+FROM events WHERE job_id = :job_id ORDER BY id
+"""
+
+#: Every active job, oldest claim first.
+SELECT_ACTIVE = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'active' ORDER BY id"
+
+#: Number of jobs in each status.
+COUNT_BY_STATUS = "SELECT status, count(*) FROM jobs GROUP BY status"
+
+#: Every group with waiting or active jobs.
+SELECT_LANES = """
+SELECT group_id, active_job, waiting FROM lanes ORDER BY group_id
+"""
+
+#: Ids of finished jobs of one status older than a cut-off, a batch at a time.
+PRUNABLE_IDS = """
+SELECT id FROM jobs WHERE status = :status AND finished_at < :cutoff LIMIT :limit
+"""
