@@ -39,6 +39,8 @@ from moorage.store.sqlite import DB_FILENAME, Synchronous
 logger = logging.getLogger(__name__)
 
 DAY = 86400.0
+#: Outbox position of the notice sent when a job fails for good.
+FAILURE_NOTICE_POSITION = -1
 
 
 class StaleAttempt(InvalidTransition):
@@ -393,6 +395,21 @@ class Queue:
                 conn, job_id, attempt, Status.FAILED, error, now, "fail"
             )
             self._event(conn, job_id, now, Status.ACTIVE, Status.FAILED, attempt, error)
+            # The failure notice is committed with the failure itself, so a
+            # crash can neither lose it nor send one for a job that recovers.
+            conn.execute(
+                q.INSERT_REPLY,
+                {
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "position": FAILURE_NOTICE_POSITION,
+                    "group_id": job.group_id,
+                    "chat_jid": job.chat_jid,
+                    "kind": "failed",
+                    "text": error,
+                    "now": now,
+                },
+            )
         logger.error(
             "job %d failed for good after attempt %d: %s",
             job_id,
@@ -498,12 +515,15 @@ class Queue:
         older than the given ages (seconds).  Waiting and active jobs are never
         touched.  Deletes in batches so writers are not held up for long."""
         counts: dict[str, int] = {}
-        for status, age in (
+        ages = (
             (Status.COMPLETED, completed_older_than),
             (Status.FAILED, failed_older_than),
             (Status.CANCELLED, cancelled_older_than),
-        ):
+        )
+        # Check every age before deleting anything: a rejected call changes nothing.
+        for status, age in ages:
             validation.seconds(f"{status.value} age", age, allow_none=False)
+        for status, age in ages:
             counts[status.value] = self._prune_status(status, age, batch)
         result = PruneResult(counts["completed"], counts["failed"], counts["cancelled"])
         if result.total:

@@ -11,12 +11,16 @@ the process that started it.
 
 from __future__ import annotations
 
+import builtins
 import enum
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from moorage.errors import InvalidInput
 
 #: Label keys every container of an install carries.
 LABEL_INSTALL = "moorage.install"
@@ -32,6 +36,8 @@ INPUT_PATH = "/moorage/input.json"
 INBOX_PATH = "/moorage/in"
 
 _INSTALL_RE = re.compile(r"^[0-9a-f]{32}$")
+#: A name in the inbox: one plain file name, never hidden, never a path.
+_INBOX_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class ContainerState(enum.Enum):
@@ -126,6 +132,29 @@ def labels_for(spec: AttemptSpec, deadline: float | None) -> dict[str, str]:
     }
 
 
+def encode_document(document: Mapping[str, Any]) -> bytes:
+    """The bytes moorage writes for an input or inbox document.
+
+    Compact, on one line, ASCII only (every other character ``\\u``-escaped),
+    so that even a line-oriented agent written in ``sh`` can read it safely.
+    Raises InvalidInput when the document is not plain JSON.
+    """
+    try:
+        text = json.dumps(
+            document, ensure_ascii=True, separators=(",", ":"), allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"document is not plain JSON: {exc}") from exc
+    return text.encode("ascii")
+
+
+def check_inbox_name(name: str) -> str:
+    """Refuse inbox names that are hidden, contain a path or are too long."""
+    if not _INBOX_NAME_RE.match(name):
+        raise InvalidInput(f"not a valid inbox file name: {name!r}")
+    return name
+
+
 class Runtime(ABC):
     """What runs attempts.  One instance serves one install.
 
@@ -163,7 +192,7 @@ class Runtime(ABC):
         """The container's current state; ``MISSING`` state if it is gone."""
 
     @abstractmethod
-    def read_output(self, ref: str, position: int = 0) -> list[str]:
+    def read_output(self, ref: str, position: int = 0) -> builtins.list[str]:
         """Complete stdout lines of the container from line ``position`` on
         (0-based), without their line ends.
 

@@ -31,7 +31,10 @@ INSERT INTO lanes (group_id, active_job, waiting, rank_priority, rank_job, held_
 VALUES (:group_id, NULL, 1, :priority, :job_id, 0, :ready_at)
 ON CONFLICT (group_id) DO UPDATE SET
     waiting = waiting + 1,
+    -- Ties go to the older job: a revived (retried) job can be older than the rank.
     rank_job = CASE WHEN rank_priority IS NULL OR excluded.rank_priority < rank_priority
+                         OR (excluded.rank_priority = rank_priority
+                             AND excluded.rank_job < rank_job)
                     THEN excluded.rank_job ELSE rank_job END,
     rank_priority = min(coalesce(rank_priority, 9), excluded.rank_priority),
     ready_at = max(held_until, min(coalesce(ready_at, excluded.ready_at), excluded.ready_at))
@@ -167,4 +170,52 @@ SELECT group_id, active_job, waiting FROM lanes ORDER BY group_id
 #: Ids of finished jobs of one status older than a cut-off, a batch at a time.
 PRUNABLE_IDS = """
 SELECT id FROM jobs WHERE status = :status AND finished_at < :cutoff LIMIT :limit
+"""
+
+# -- outbox ------------------------------------------------------------------
+
+#: Record one reply line of an attempt; a line already recorded is ignored.
+INSERT_REPLY = """
+INSERT OR IGNORE INTO replies (job_id, attempt, position, group_id, chat_jid, kind,
+                               text, created_at, next_try_at)
+VALUES (:job_id, :attempt, :position, :group_id, :chat_jid, :kind, :text, :now, :now)
+"""
+
+#: Remember how far an attempt's output has been read (fenced by attempt).
+ADVANCE_OUTPUT = """
+UPDATE jobs SET output_position = max(output_position, :position)
+WHERE id = :job_id AND attempt = :attempt AND status = 'active'
+"""
+
+#: How far the current attempt's output has been read.
+OUTPUT_POSITION = (
+    "SELECT output_position FROM jobs WHERE id = :job_id AND attempt = :attempt"
+)
+
+#: Undelivered replies that are due, oldest first.
+DUE_REPLIES = """
+SELECT id, job_id, attempt, position, group_id, chat_jid, kind, text, created_at, tries
+FROM replies WHERE delivered_at IS NULL AND next_try_at <= :now
+ORDER BY id LIMIT :limit
+"""
+
+#: Mark a reply delivered.
+MARK_DELIVERED = (
+    "UPDATE replies SET delivered_at = :now, tries = tries + 1 WHERE id = :id"
+)
+
+#: Note a failed delivery and when to try again.
+MARK_UNDELIVERED = """
+UPDATE replies SET tries = tries + 1, next_try_at = :next_try_at, last_error = :error
+WHERE id = :id
+"""
+
+#: Number of replies not yet delivered.
+COUNT_UNDELIVERED = "SELECT count(*) FROM replies WHERE delivered_at IS NULL"
+
+#: A job's replies in output order.
+JOB_REPLIES = """
+SELECT id, job_id, attempt, position, group_id, chat_jid, kind, text, created_at, tries,
+       delivered_at
+FROM replies WHERE job_id = :job_id ORDER BY attempt, position
 """

@@ -1,0 +1,454 @@
+"""The dispatcher: the loop that runs the queue on a runtime.
+
+Each :meth:`Dispatcher.step` lists this install's containers once, records new
+reply lines of the attempts it watches, settles the attempts that exited
+(outcome first, container removal after), stops those past their deadline,
+reconciles queue and engine when that is due, claims runnable jobs within the
+cap and starts their containers, and prunes old rows when that is due.  A
+test can call ``step`` by hand with a fake clock and an in-memory runtime.
+
+Before the first step, :meth:`Dispatcher.recover` reconciles everything an
+earlier process left behind (see :mod:`moorage.recovery`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from moorage.clock import Clock, SystemClock
+from moorage.delivery import Deliverer
+from moorage.errors import ContainerNotFound, EngineUnavailable, RuntimeFailure
+from moorage.models import Job
+from moorage.outbox import Outbox
+from moorage.queue import DAY, Queue, StaleAttempt
+from moorage.recovery import Action, ActionKind, RecoveryReport, plan
+from moorage.runtime.base import (
+    AttemptSpec,
+    ContainerInfo,
+    ContainerState,
+    Limits,
+    Mount,
+    Runtime,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The agent run when no image or command is configured (process runtime).
+ECHO_AGENT = (sys.executable, "-m", "moorage.agents.echo")
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    max_concurrent: int = 4
+    image: str | None = None
+    command: Sequence[str] | None = None
+    timeout: float = 600.0  # per attempt, unless the job sets its own
+    poll_interval: float = 0.25
+    reconcile_interval: float = 30.0
+    prune_interval: float = 3600.0
+    completed_ttl: float = DAY
+    failed_ttl: float = 7 * DAY
+    stop_grace: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+    network: str = "none"
+    user: str | None = None
+    mounts: Sequence[Mount] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    read_only_rootfs: bool = False
+
+
+@dataclass
+class _Watch:
+    job: Job
+    ref: str
+    position: int
+    timed_out: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: Queue,
+        runtime: Runtime,
+        settings: DispatchSettings | None = None,
+        *,
+        outbox: Outbox | None = None,
+        deliverer: Deliverer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.queue = queue
+        self.runtime = runtime
+        self.settings = settings or DispatchSettings()
+        self.clock = clock or queue.clock or SystemClock()
+        self.outbox = outbox or Outbox(queue.db, self.clock)
+        self.deliverer = deliverer
+        self.watched: dict[int, _Watch] = {}
+        self.last_recovery: RecoveryReport | None = None
+        self.engine_ok = True
+        self.draining = False
+        self._engine_backoff = 1.0
+        self._engine_retry_at = 0.0
+        self._outage_since: float | None = None
+        self._outages: list[tuple[float, float]] = []
+        now = self.clock.now()
+        self._next_reconcile = now + self.settings.reconcile_interval
+        self._next_prune = now + self.settings.prune_interval
+        self._wake = threading.Event()
+
+    # -- recovery --------------------------------------------------------------
+
+    def recover(self, *, dry_run: bool = False) -> RecoveryReport:
+        """Reconcile every active job with the engine (one list call)."""
+        began = time.perf_counter()
+        containers = self.runtime.list()
+        report = RecoveryReport(
+            actions=plan(self.queue.active(), containers),
+            dry_run=dry_run,
+            at=self.clock.now(),
+        )
+        if not dry_run:
+            for action in report.actions:
+                self._apply(action)
+        report.seconds = time.perf_counter() - began
+        if not dry_run:
+            self.last_recovery = report
+            logger.info("recovery: %s", report.summary(), extra={"action": "recover"})
+        return report
+
+    def _apply(self, action: Action) -> None:
+        job, container = action.job, action.container
+        try:
+            if action.kind is ActionKind.ORPHAN and container is not None:
+                self._remove(container, stop=True)
+                logger.info(
+                    "removed orphan container %s",
+                    container.name,
+                    extra={"action": "orphan", "container": container.name},
+                )
+            elif job is None:
+                return
+            elif action.kind is ActionKind.REQUEUE:
+                self.queue.fail(job.id, job.attempt, "container lost")
+            elif action.kind is ActionKind.RELEASE and container is not None:
+                self._remove(container, stop=False)
+                self.queue.release(job.id, job.attempt, "container was never started")
+            elif action.kind is ActionKind.RECLAIM and container is not None:
+                self._reclaim(job, container)
+            elif action.kind is ActionKind.COLLECT and container is not None:
+                self._settle(job, container, self.outbox.position(job), timed_out=False)
+        except StaleAttempt as exc:
+            logger.warning(
+                "%s: %s", action.describe(), exc, extra={"action": action.kind.value}
+            )
+
+    def _reclaim(self, job: Job, container: ContainerInfo) -> None:
+        if job.container_id != container.ref:
+            job = self.queue.start(job.id, job.attempt, container.ref)
+        self.queue.reclaim(job.id, job.attempt, f"reclaimed {container.name}")
+        self.watched[job.id] = _Watch(job, container.ref, self.outbox.position(job))
+        logger.info(
+            "reclaimed job %d attempt %d in %s",
+            job.id,
+            job.attempt,
+            container.name,
+            extra={
+                "action": "reclaim",
+                "job": job.id,
+                "group": job.group_id,
+                "container": container.name,
+            },
+        )
+
+    # -- the loop ----------------------------------------------------------------
+
+    def step(self) -> None:
+        """One pass of the loop.  Never raises for an engine outage: it is
+        logged, no attempt is spent, and the engine is tried again later."""
+        now = self.clock.now()
+        if self._engine_reachable(now):
+            try:
+                containers = self.runtime.list()
+                self._poll(containers, now)
+                if now >= self._next_reconcile:
+                    self._reconcile(containers)
+                if not self.draining:
+                    self._claim_and_start()
+            except EngineUnavailable as exc:
+                self._engine_lost(exc, now)
+        if now >= self._next_prune:
+            self._next_prune = now + self.settings.prune_interval
+            self.queue.prune(self.settings.completed_ttl, self.settings.failed_ttl)
+
+    def run(self, stop: threading.Event, *, drain: bool = False) -> None:
+        """Recover, then step until ``stop`` is set.  Containers still running
+        then are left alone (a later start reclaims them) unless ``drain``:
+        then no new job is claimed and the run ends when none is active."""
+        self._recover_when_reachable(stop)
+        if self.deliverer is not None:
+            self.deliverer.start()
+        try:
+            while True:
+                if stop.is_set():
+                    if not drain or not self.watched:
+                        break
+                    if not self.draining:
+                        self.draining = True
+                        logger.info(
+                            "draining: waiting for %d active jobs", len(self.watched)
+                        )
+                self.step()
+                stop.wait(self.settings.poll_interval)
+        finally:
+            if self.deliverer is not None:
+                self.deliverer.stop()
+        logger.info(
+            "dispatcher stopped; %d containers left running for the next start",
+            len(self.watched),
+            extra={"action": "stop"},
+        )
+
+    def _recover_when_reachable(self, stop: threading.Event) -> None:
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                self.recover()
+                return
+            except EngineUnavailable as exc:
+                logger.warning(
+                    "engine unreachable at start-up (%s); jobs stay waiting; retrying in %.0f s",
+                    exc,
+                    delay,
+                    extra={"action": "engine"},
+                )
+                self.engine_ok = False
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        self.engine_ok = True
+
+    # -- watching attempts ---------------------------------------------------------
+
+    def _poll(self, containers: list[ContainerInfo], now: float) -> None:
+        by_attempt = {(c.job_id, c.attempt): c for c in containers}
+        for watch in list(self.watched.values()):
+            container = by_attempt.get((watch.job.id, watch.job.attempt))
+            if container is None or container.state is ContainerState.MISSING:
+                self.watched.pop(watch.job.id, None)
+                self._fail_or_release(watch.job, None, "container lost")
+                continue
+            self._read(watch)
+            if container.state is ContainerState.EXITED:
+                self._settle(watch.job, container, watch.position, watch.timed_out)
+            elif (
+                container.deadline is not None
+                and now >= container.deadline
+                and not watch.timed_out
+            ):
+                watch.timed_out = True
+                logger.info(
+                    "job %d attempt %d reached its deadline; stopping %s",
+                    watch.job.id,
+                    watch.job.attempt,
+                    container.name,
+                    extra={
+                        "action": "timeout",
+                        "job": watch.job.id,
+                        "container": container.name,
+                    },
+                )
+                self.runtime.stop(container.ref, self.settings.stop_grace)
+
+    def _read(self, watch: _Watch) -> None:
+        try:
+            lines = self.runtime.read_output(watch.ref, watch.position)
+        except ContainerNotFound:
+            return
+        if lines:
+            if self.outbox.record(watch.job, watch.position, lines) and self.deliverer:
+                self.deliverer.wake()
+            watch.position += len(lines)
+
+    def _settle(
+        self, job: Job, container: ContainerInfo, position: int, timed_out: bool
+    ) -> None:
+        """Record an exited attempt's remaining output and outcome, then remove
+        its container (evidence is kept until the outcome is committed)."""
+        self.watched.pop(job.id, None)
+        try:
+            lines = self.runtime.read_output(container.ref, position)
+        except ContainerNotFound:
+            lines = []
+        self.outbox.record(job, position, lines)
+        elapsed = ""
+        if container.started_at and container.finished_at:
+            elapsed = f" in {container.finished_at - container.started_at:.1f} s"
+        try:
+            if timed_out or container.timed_out:
+                limit = self._timeout_of(job)
+                self.queue.fail(job.id, job.attempt, f"timed out after {limit:g} s")
+            elif container.exit_code == 0:
+                self.queue.finish(job.id, job.attempt, f"exit 0{elapsed}")
+            else:
+                self._fail_or_release(
+                    job, container, f"exit code {container.exit_code}{elapsed}"
+                )
+        except StaleAttempt as exc:
+            logger.warning("%s", exc, extra={"action": "settle", "job": job.id})
+        self._remove(container, stop=False)
+        if self.deliverer is not None:
+            self.deliverer.wake()
+
+    def _fail_or_release(
+        self, job: Job, container: ContainerInfo | None, error: str
+    ) -> None:
+        """A failed attempt costs a retry, unless it ended during an engine
+        outage (invariant 10): then the claim is given back for free."""
+        finished = container.finished_at if container is not None else None
+        if self._during_outage(finished):
+            self.queue.release(job.id, job.attempt, f"{error} during an engine outage")
+        else:
+            self.queue.fail(job.id, job.attempt, error)
+
+    def _during_outage(self, at: float | None) -> bool:
+        """Whether an attempt that ended at ``at`` ended while the engine was
+        unreachable (the window widened by one poll, when it may have begun
+        unnoticed)."""
+        if at is None:
+            return False
+        margin = self.settings.poll_interval + 1.0
+        return any(
+            began - margin <= at <= ended + margin for began, ended in self._outages
+        )
+
+    def _remove(self, container: ContainerInfo, *, stop: bool) -> None:
+        if stop and container.state is ContainerState.RUNNING:
+            self.runtime.stop(container.ref, self.settings.stop_grace)
+        self.runtime.remove(container.ref)
+
+    def _reconcile(self, containers: list[ContainerInfo]) -> None:
+        self._next_reconcile = self.clock.now() + self.settings.reconcile_interval
+        watched = {(w.job.id, w.job.attempt) for w in self.watched.values()}
+        actions = plan(self.queue.active(), containers, watched)
+        for action in actions:
+            self._apply(action)
+        if actions:
+            logger.info(
+                "reconcile: %s",
+                RecoveryReport(actions=actions).summary(),
+                extra={"action": "reconcile"},
+            )
+
+    # -- starting attempts -------------------------------------------------------
+
+    def _claim_and_start(self) -> None:
+        jobs = self.queue.claim(self.settings.max_concurrent)
+        for index, job in enumerate(jobs):
+            try:
+                info = self.runtime.start(self.spec_for(job))
+            except EngineUnavailable:
+                for unstarted in jobs[index:]:
+                    self.queue.release(
+                        unstarted.id, unstarted.attempt, "engine unreachable"
+                    )
+                raise
+            except RuntimeFailure as exc:
+                self.queue.fail(job.id, job.attempt, f"could not start: {exc}")
+                continue
+            job = self.queue.start(job.id, job.attempt, info.ref)
+            self.watched[job.id] = _Watch(job, info.ref, 0)
+            logger.info(
+                "started job %d attempt %d in %s",
+                job.id,
+                job.attempt,
+                info.name,
+                extra={
+                    "action": "start",
+                    "job": job.id,
+                    "group": job.group_id,
+                    "container": info.name,
+                },
+            )
+
+    def spec_for(self, job: Job) -> AttemptSpec:
+        s = self.settings
+        command = s.command
+        if command is None and s.image is None:
+            command = ECHO_AGENT
+        return AttemptSpec(
+            install=self.queue.install_id,
+            job_id=job.id,
+            attempt=job.attempt,
+            group_id=job.group_id,
+            input=input_document(job),
+            image=s.image,
+            command=command,
+            env=s.env,
+            timeout=self._timeout_of(job),
+            limits=s.limits,
+            network=s.network,
+            user=s.user,
+            mounts=s.mounts,
+            read_only_rootfs=s.read_only_rootfs,
+        )
+
+    def _timeout_of(self, job: Job) -> float:
+        return job.timeout if job.timeout is not None else self.settings.timeout
+
+    # -- engine outages ------------------------------------------------------------
+
+    def _engine_lost(self, exc: EngineUnavailable, now: float) -> None:
+        if self.engine_ok:
+            self._outage_since = now
+            self._engine_backoff = 1.0
+        self.engine_ok = False
+        self._engine_retry_at = now + self._engine_backoff
+        logger.warning(
+            "engine unreachable (%s); jobs stay waiting, no attempt is spent; retrying in %.0f s",
+            exc,
+            self._engine_backoff,
+            extra={"action": "engine"},
+        )
+        self._engine_backoff = min(self._engine_backoff * 2, 30.0)
+
+    def _engine_reachable(self, now: float) -> bool:
+        if self.engine_ok:
+            return True
+        if now < self._engine_retry_at:
+            return False
+        try:
+            self.runtime.ping()
+        except EngineUnavailable as exc:
+            self._engine_lost(exc, now)
+            return False
+        began = self._outage_since if self._outage_since is not None else now
+        self._outages = [*self._outages[-9:], (began, now)]
+        self._outage_since = None
+        self.engine_ok = True
+        self._next_reconcile = now  # containers may have changed meanwhile
+        logger.info(
+            "engine reachable again after %.1f s",
+            now - began,
+            extra={"action": "engine"},
+        )
+        return True
+
+
+def input_document(job: Job) -> dict[str, object]:
+    """The JSON document an attempt's container reads at its input path."""
+    return {
+        "job": job.id,
+        "attempt": job.attempt,
+        "group": job.group_id,
+        "messages": [
+            {
+                "id": job.id,
+                "chat_jid": job.chat_jid,
+                "kind": job.kind.value,
+                "text": job.message_text,
+            }
+        ],
+    }
