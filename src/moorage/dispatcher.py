@@ -294,7 +294,7 @@ class Dispatcher:
                 self.queue.finish(job.id, job.attempt, f"exit 0{elapsed}")
             else:
                 self._fail_or_release(
-                    job, container, f"exit code {container.exit_code}{elapsed}"
+                    job, container, f"exit code {container.exit_code}"
                 )
         except StaleAttempt as exc:
             logger.warning("%s", exc, extra={"action": "settle", "job": job.id})

@@ -43,6 +43,12 @@ DAY = 86400.0
 FAILURE_NOTICE_POSITION = -1
 
 
+#: The job made under an idempotency key.
+_SELECT_KEY = "SELECT job_id FROM idempotency_keys WHERE key = ?"
+#: Remember the job made under an idempotency key (same transaction as the job).
+_INSERT_KEY = "INSERT INTO idempotency_keys (key, job_id, created_at) VALUES (?, ?, ?)"
+
+
 class StaleAttempt(InvalidTransition):
     """The attempt named is no longer the job's current one; nothing changed."""
 
@@ -150,12 +156,21 @@ class Queue:
         run_after: float | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Add a waiting job; when this returns, the job is committed durably.
 
         ``run_after`` (epoch seconds) schedules a task; messages always run in
-        their group's order and cannot be scheduled.
+        their group's order and cannot be scheduled.  With an
+        ``idempotency_key`` already used, nothing is added and the job made
+        under that key is returned; the key is recorded in the same
+        transaction as the job it names.
         """
+        key = (
+            None
+            if idempotency_key is None
+            else validation.idempotency_key(idempotency_key)
+        )
         group = validation.group_id(group_id)
         body = validation.message_text(text, self.max_message_bytes)
         jid = validation.chat_jid(chat_jid)
@@ -175,6 +190,10 @@ class Queue:
 
         with self.db.transaction() as conn:
             now = self.clock.now()
+            if key is not None:
+                known = conn.execute(_SELECT_KEY, (key,)).fetchone()
+                if known is not None:
+                    return self._get(conn, known[0])
             ready = now if due is None else due
             (job_id,) = conn.execute(
                 q.INSERT_JOB,
@@ -191,6 +210,8 @@ class Queue:
                 },
             ).fetchone()
             self._event(conn, job_id, now, None, Status.WAITING, 0, None)
+            if key is not None:
+                conn.execute(_INSERT_KEY, (key, job_id, now))
             conn.execute(
                 q.LANE_ADD_WAITING,
                 {
@@ -551,6 +572,7 @@ class Queue:
                 ]
                 conn.executemany("DELETE FROM events WHERE job_id = ?", ids)
                 conn.executemany("DELETE FROM replies WHERE job_id = ?", ids)
+                conn.executemany("DELETE FROM idempotency_keys WHERE job_id = ?", ids)
                 conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
             deleted += len(ids)
             if len(ids) < batch:
@@ -561,6 +583,12 @@ class Queue:
     def get(self, job_id: int) -> Job:
         with self.db.reading() as conn:
             return self._get(conn, job_id)
+
+    def job_for_key(self, idempotency_key: str) -> Job | None:
+        """The job enqueued under an idempotency key, if any."""
+        with self.db.reading() as conn:
+            row = conn.execute(_SELECT_KEY, (idempotency_key,)).fetchone()
+            return None if row is None else self._get(conn, row[0])
 
     def events(self, job_id: int) -> list[Event]:
         with self.db.reading() as conn:

@@ -108,3 +108,21 @@ def duration(text: str) -> float:
     if not match:
         raise InvalidInput(f"not a duration: {text!r} (use e.g. 90s, 15m, 24h, 7d)")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+
+
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+
+def idempotency_key(value: object) -> str:
+    """A caller's idempotency key: 1-200 printable ASCII characters, no spaces."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"idempotency key must be text, got {type(value).__name__}")
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(
+            f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )
+    if not all("!" <= ch <= "~" for ch in value):
+        raise InvalidInput(
+            "idempotency key may hold only printable ASCII characters, no spaces"
+        )
+    return value

@@ -304,7 +304,7 @@ class DockerRuntime(Runtime):
                 all=True, filters={"label": f"{LABEL_INSTALL}={self.install}"}
             )
         now = time.time()
-        found = []
+        found: builtins.list[ContainerInfo] = []
         for row in rows:
             try:
                 found.append(self._listed(row, now))

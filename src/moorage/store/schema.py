@@ -98,4 +98,14 @@ MIGRATIONS: list[str] = [
     -- How far each attempt's output has been read (line count).
     ALTER TABLE jobs ADD COLUMN output_position INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: HTTP idempotency keys: a retried POST /v1/jobs finds the job it made.
+    """
+    CREATE TABLE idempotency_keys (
+        key        TEXT    PRIMARY KEY,
+        job_id     INTEGER NOT NULL,
+        created_at REAL    NOT NULL
+    );
+    -- Pruning a job deletes its key with it.
+    CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_id);
+    """,
 ]
