@@ -724,5 +724,9 @@ def prune(
         )
 
 
-# ``serve`` and ``recover`` are registered by the dispatcher's module with
-# ``main.add_command``; they open the queue with ``open_queue(ctx)``.
+# The long-running commands live in their own module; registered last because
+# that module imports this one.
+from moorage.cli_serve import recover, serve  # noqa: E402
+
+main.add_command(serve)
+main.add_command(recover)
