@@ -235,14 +235,14 @@ def test_deliver_places_a_document_the_agent_reads(harness: Harness):
     runtime = harness.runtime()
     info = runtime.start(harness.spec("await=note.json; reply=done"))
 
-    runtime.deliver(info.ref, "note.json", {"text": "caf\u00e9 \"q\"", "n": [1, 2]})
+    runtime.deliver(info.ref, "note.json", {"text": 'caf\u00e9 "q"', "n": [1, 2]})
 
     assert runtime.wait(info.ref, 20).exit_code == 0
     line, done = runtime.read_output(info.ref)
     assert json.loads(line) == {
         "type": "inbox",
         "name": "note.json",
-        "document": {"text": "caf\u00e9 \"q\"", "n": [1, 2]},
+        "document": {"text": 'caf\u00e9 "q"', "n": [1, 2]},
     }
     assert done == reply("done")
 

@@ -1,0 +1,163 @@
+"""What only the Docker runtime promises: hardening, one-request listing,
+error translation at the engine boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.errors import ContainerNotFound, EngineUnavailable, RuntimeFailure
+from moorage.runtime import AttemptSpec, ContainerState, DockerRuntime, Limits
+from moorage.runtime.base import labels_for
+
+from .conftest import batch, reply
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def runtime(
+    install_id: str, tmp_path: Path, test_image: str
+) -> Iterator[DockerRuntime]:
+    rt = DockerRuntime(install_id, tmp_path / "data", stop_grace=1)
+    yield rt
+    for info in rt.list():
+        rt.remove(info.ref)
+    rt.close()
+
+
+def spec(install: str, *texts: str, **fields: Any) -> AttemptSpec:
+    return AttemptSpec(
+        install=install,
+        job_id=fields.pop("job", 1),
+        attempt=1,
+        group_id="g",
+        input=batch(*texts),
+        image=fields.pop("image", "moorage-test-agent:latest"),
+        **fields,
+    )
+
+
+def test_hardening_defaults_are_applied(runtime: DockerRuntime, docker_client):
+    limits = Limits(memory_bytes=64 * 1024 * 1024, cpus=0.5, pids=32)
+    info = runtime.start(spec(runtime.install, "reply=x", limits=limits, user="65534"))
+
+    raw = docker_client.api.inspect_container(info.ref)
+    host = raw["HostConfig"]
+    assert host["Privileged"] is False
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Memory"] == 64 * 1024 * 1024
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 32
+    assert host["NetworkMode"] == "none"
+    assert host["AutoRemove"] is False
+    assert raw["Config"]["User"] == "65534"
+    assert "MOORAGE_INPUT=/moorage/input.json" in raw["Config"]["Env"]
+    assert "MOORAGE_INBOX=/moorage/in" in raw["Config"]["Env"]
+    assert raw["Config"]["Labels"] == {
+        **labels_for(spec(runtime.install), None),
+        **{
+            k: v
+            for k, v in raw["Config"]["Labels"].items()
+            if k.startswith("moorage.test")
+        },
+    }
+    assert runtime.wait(info.ref, 20).exit_code == 0
+    assert runtime.read_output(info.ref) == [reply("x")]
+
+
+def test_read_only_rootfs_still_reads_input_and_inbox(
+    runtime: DockerRuntime, docker_client
+):
+    info = runtime.start(
+        spec(
+            runtime.install,
+            "reply=ro; await=n.json",
+            read_only_rootfs=True,
+            user="65534",
+        )
+    )
+    runtime.deliver(info.ref, "n.json", {"k": 1})
+
+    assert runtime.wait(info.ref, 20).exit_code == 0
+    assert runtime.read_output(info.ref) == [
+        reply("ro"),
+        '{"type":"inbox","name":"n.json","document":{"k":1}}',
+    ]
+    assert docker_client.api.inspect_container(info.ref)["HostConfig"]["ReadonlyRootfs"]
+    volumes = [
+        m["Name"] for m in docker_client.api.inspect_container(info.ref)["Mounts"]
+    ]
+    runtime.remove(info.ref)
+    leftover = docker_client.api.volumes()["Volumes"] or []
+    assert not set(volumes) & {v["Name"] for v in leftover}
+
+
+def test_list_is_one_request_to_the_engine(runtime: DockerRuntime, monkeypatch):
+    for job in (1, 2, 3):
+        runtime.start(spec(runtime.install, "sleep=30", job=job))
+    calls: list[str] = []
+    send = runtime.api.send
+
+    def counting(request: Any, **kwargs: Any) -> Any:
+        calls.append(f"{request.method} {request.path_url}")
+        return send(request, **kwargs)
+
+    monkeypatch.setattr(runtime.api, "send", counting)
+    listed = runtime.list()
+
+    assert len(listed) == 3
+    assert all(c.state is ContainerState.RUNNING for c in listed)
+    assert len(calls) == 1 and "/containers/json" in calls[0]
+
+
+def test_list_reports_exit_codes_without_inspecting(runtime: DockerRuntime):
+    info = runtime.start(spec(runtime.install, "exit=5"))
+    runtime.wait(info.ref, 20)
+
+    [listed] = runtime.list()
+
+    assert (listed.state, listed.exit_code, listed.timed_out) == (
+        ContainerState.EXITED,
+        5,
+        False,
+    )
+
+
+def test_a_created_but_never_started_container_is_started_by_name(
+    runtime: DockerRuntime,
+):
+    attempt = spec(runtime.install, "reply=late")
+    # A crash right after "create": the container exists, unstarted.
+    ref = runtime._create(
+        attempt, "moorage-" + runtime.install[:12] + "-1-1", [], {}, None
+    )
+    assert runtime.inspect(ref).state is ContainerState.CREATED
+
+    info = runtime.start(attempt)
+
+    assert info.ref == ref
+    assert runtime.wait(ref, 20).exit_code == 0
+    assert runtime.read_output(ref) == [reply("late")]
+
+
+def test_a_missing_image_is_a_clear_failure_never_a_pull(runtime: DockerRuntime):
+    with pytest.raises(RuntimeFailure, match="never pulls") as caught:
+        runtime.start(spec(runtime.install, image="moorage-no-such-image:never"))
+    assert not isinstance(caught.value, ContainerNotFound)
+    assert runtime.list() == []
+
+
+def test_an_unreachable_engine_is_engine_unavailable(tmp_path: Path, install_id: str):
+    runtime = DockerRuntime(
+        install_id, tmp_path, base_url=f"unix://{tmp_path}/no-engine.sock"
+    )
+    for call in (runtime.ping, runtime.list, lambda: runtime.inspect("a" * 64)):
+        with pytest.raises(EngineUnavailable) as caught:
+            call()
+        assert caught.value.__cause__ is not None
+    with pytest.raises(EngineUnavailable):
+        runtime.start(spec(install_id, "reply=x"))
