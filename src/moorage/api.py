@@ -97,6 +97,7 @@ class JobIn(BaseModel):
 
 
 StatusName = Literal["waiting", "active", "completed", "failed", "cancelled"]
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
 class JobOut(BaseModel):
@@ -320,8 +321,6 @@ def create_app(
             "jobs": [job.as_dict() for job in jobs],
             "next_before_id": jobs[-1].id if more else None,
         }
-
-    JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
     @app.get(
         "/v1/jobs/{job_id}",
@@ -824,7 +823,9 @@ def serve_http(
         server_header=False,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="moorage-http", daemon=True)
+    thread = threading.Thread(
+        target=_run_server, args=(server,), name="moorage-http", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
@@ -836,3 +837,12 @@ def serve_http(
     handle = HttpServer(server, thread)
     logger.info("serving HTTP on %s:%d", host, handle.port, extra={"action": "http"})
     return handle
+
+
+def _run_server(server: uvicorn.Server) -> None:
+    # uvicorn ends with SystemExit when it cannot listen; serve_http sees the
+    # thread end before the server started and reports it as ConfigError.
+    try:
+        server.run()
+    except SystemExit as exc:
+        logger.error("the HTTP server stopped: exit status %s", exc.code)

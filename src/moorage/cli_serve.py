@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -55,8 +56,11 @@ runtime_options = [
 ]
 
 
-def _apply(options: list[Any]) -> Any:
-    def decorate(function: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(function: F) -> F:
         for option in reversed(options):
             function = option(function)
         return function

@@ -75,7 +75,9 @@ def test_container_that_finished_while_down_is_collected_not_rerun(moorage: Moor
     moorage.start()
     eventually(lambda: moorage.status(job) == "completed", timeout=60)
     assert moorage.job(job)["attempt"] == 1  # never run again
-    assert [r["text"] for r in moorage.delivered()] == ["finished while nobody watched"]
+    eventually(
+        lambda: [r["text"] for r in moorage.delivered()] == ["finished while nobody watched"]
+    )
     eventually(lambda: moorage.containers() == [])
 
 

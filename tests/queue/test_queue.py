@@ -937,3 +937,21 @@ def test_the_database_itself_rejects_a_second_active_job_in_a_group(
     assert job_row(raw, first.id)["status"] == "active"
     # Another group is a different key: the index is per group, not global.
     raw.execute("UPDATE jobs SET status = 'active' WHERE id = ?", (other.id,))
+
+
+def test_cancelling_another_job_keeps_the_hold(
+    no_jitter_queue: Queue, clock: FakeClock
+) -> None:
+    queue = no_jitter_queue
+    task = queue.enqueue("g", "a task", kind="task")
+    message = queue.enqueue("g", "a message")
+    doomed = queue.enqueue("g", "withdrawn")
+    claim_one(queue)
+    queue.fail(task.id, 1, "exit 1")  # holds "g" for 5 s
+
+    queue.cancel(doomed.id)
+    assert queue.claim(10) == []  # the message may not overtake the held task
+    clock.advance(5)
+    assert [j.id for j in queue.claim(10)] == [task.id]
+    queue.finish(task.id, 2)
+    assert [j.id for j in queue.claim(10)] == [message.id]
