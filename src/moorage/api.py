@@ -268,7 +268,7 @@ def create_app(
             str | None,
             Header(
                 alias="Idempotency-Key",
-                max_length=validation.MAX_IDEMPOTENCY_KEY_CHARS,
+                pattern=r"^[!-~]{1,200}$",
                 description="a retried request with the same key returns the "
                 "same job (200) instead of making a second one",
             ),

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "tests" / "agent" / "agent.py"
 
 
-def eventually(check: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
+def eventually(
+    check: Callable[[], Any], timeout: float = 30.0, every: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -70,7 +72,9 @@ class Moorage:
             args += ["--command", f"{sys.executable} {AGENT}"]
         return args + list(extra)
 
-    def start(self, max_concurrent: int = 4, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, max_concurrent: int = 4, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         environment = dict(os.environ, MOORAGE_POLL_INTERVAL="0.1", **(env or {}))
         with self.log.open("ab") as log:
             proc = subprocess.Popen(
@@ -116,7 +120,9 @@ class Moorage:
         conn = sqlite3.connect(self.data_dir / "moorage.db", timeout=30)
         conn.row_factory = sqlite3.Row
         try:
-            return dict(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return dict(
+                conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            )
         finally:
             conn.close()
 
@@ -133,7 +139,9 @@ class Moorage:
         path = self.data_dir / "replies.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [
+            json.loads(line) for line in path.read_text().splitlines() if line.strip()
+        ]
 
     def runtime(self, install: str | None = None) -> Runtime:
         from moorage.runtime.docker import DockerRuntime

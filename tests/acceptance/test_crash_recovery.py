@@ -29,7 +29,9 @@ def test_queued_messages_survive_a_kill_and_then_all_complete(moorage: Moorage) 
     eventually(lambda: moorage.containers() == [])
 
 
-def test_container_active_during_a_kill_is_reclaimed_and_replies_once(moorage: Moorage) -> None:
+def test_container_active_during_a_kill_is_reclaimed_and_replies_once(
+    moorage: Moorage,
+) -> None:
     job = moorage.enqueue("fam", "reply=before;sleep=4;reply=after")
     moorage.start()
     eventually(lambda: [r["text"] for r in moorage.delivered()] == ["before"])
@@ -41,12 +43,17 @@ def test_container_active_during_a_kill_is_reclaimed_and_replies_once(moorage: M
     eventually(lambda: moorage.status(job) == "completed", timeout=60)
     row = moorage.job(job)
     assert (row["attempt"], row["container_id"]) == (1, container)
-    assert any(f"reclaimed moorage-{moorage.install[:12]}-{job}-1" in e for e in moorage.events(job))
+    assert any(
+        f"reclaimed moorage-{moorage.install[:12]}-{job}-1" in e
+        for e in moorage.events(job)
+    )
     eventually(lambda: [r["text"] for r in moorage.delivered()] == ["before", "after"])
     eventually(lambda: moorage.containers() == [])
 
 
-def test_container_removed_while_down_is_requeued_and_run_again(moorage: Moorage) -> None:
+def test_container_removed_while_down_is_requeued_and_run_again(
+    moorage: Moorage,
+) -> None:
     job = moorage.enqueue("fam", "sleep=3;reply=done")
     moorage.start()
     eventually(lambda: moorage.job(job)["container_id"])
@@ -65,28 +72,43 @@ def test_container_removed_while_down_is_requeued_and_run_again(moorage: Moorage
     eventually(lambda: [r["text"] for r in moorage.delivered()] == ["done"])
 
 
-def test_container_that_finished_while_down_is_collected_not_rerun(moorage: Moorage) -> None:
+def test_container_that_finished_while_down_is_collected_not_rerun(
+    moorage: Moorage,
+) -> None:
     job = moorage.enqueue("fam", "sleep=1;reply=finished while nobody watched")
     moorage.start()
     eventually(lambda: moorage.job(job)["container_id"])
     moorage.kill9()
-    eventually(lambda: [c.state for c in moorage.containers()] == [ContainerState.EXITED])
+    eventually(
+        lambda: [c.state for c in moorage.containers()] == [ContainerState.EXITED]
+    )
 
     moorage.start()
     eventually(lambda: moorage.status(job) == "completed", timeout=60)
     assert moorage.job(job)["attempt"] == 1  # never run again
     eventually(
-        lambda: [r["text"] for r in moorage.delivered()] == ["finished while nobody watched"]
+        lambda: (
+            [r["text"] for r in moorage.delivered()]
+            == ["finished while nobody watched"]
+        )
     )
     eventually(lambda: moorage.containers() == [])
 
 
-def test_orphans_are_removed_and_other_installs_untouched(moorage: Moorage, session_installs: set[str]) -> None:
+def test_orphans_are_removed_and_other_installs_untouched(
+    moorage: Moorage, session_installs: set[str]
+) -> None:
     other_install = "e" * 32
     session_installs.add(other_install)
     ours, theirs = moorage.runtime(), moorage.runtime(other_install)
     try:
-        spec = dict(job_id=999, attempt=1, group_id="ghost", input={"messages": []}, timeout=120.0)
+        spec = dict(
+            job_id=999,
+            attempt=1,
+            group_id="ghost",
+            input={"messages": []},
+            timeout=120.0,
+        )
         options = (
             {"image": moorage.image, "command": ["/bin/sh", "-c", "sleep 60"]}
             if moorage.kind == "docker"
@@ -95,7 +117,9 @@ def test_orphans_are_removed_and_other_installs_untouched(moorage: Moorage, sess
         orphan = ours.start(AttemptSpec(install=moorage.install, **spec, **options))
         foreign = theirs.start(AttemptSpec(install=other_install, **spec, **options))
         moorage.start()
-        eventually(lambda: ours.inspect(orphan.ref).state is ContainerState.MISSING, timeout=60)
+        eventually(
+            lambda: ours.inspect(orphan.ref).state is ContainerState.MISSING, timeout=60
+        )
         assert theirs.inspect(foreign.ref).state is ContainerState.RUNNING
     finally:
         for container in theirs.list():

@@ -68,14 +68,18 @@ def test_exit_zero_completes_records_replies_and_removes_the_container(queue, ru
     runtime.exit(ref, 0)
     dispatcher.step()
     assert queue.get(job.id).status is Status.COMPLETED
-    assert [(r.position, r.text, r.chat_jid) for r in Outbox(queue.db).for_job(job.id)] == [
+    assert [
+        (r.position, r.text, r.chat_jid) for r in Outbox(queue.db).for_job(job.id)
+    ] == [
         (0, "one", "1@g.us"),
         (2, "two", "1@g.us"),
     ]
     assert runtime.containers == {}
 
 
-def test_nonzero_exit_retries_after_backoff_then_fails_with_a_notice(queue, runtime, clock):
+def test_nonzero_exit_retries_after_backoff_then_fails_with_a_notice(
+    queue, runtime, clock
+):
     job = queue.enqueue("a", "hi", max_retries=1)
     dispatcher = make(queue, runtime)
     dispatcher.step()
@@ -129,10 +133,18 @@ def test_recovery_reclaims_collects_requeues_releases_and_removes_orphans(
     # jobs[2]: no container at all (lost); jobs[3]: created, never started
     runtime.add_foreign(spec(jobs[3].id, 1), ContainerState.CREATED)
     orphan = runtime.add_foreign(spec(jobs[0].id, 99), ContainerState.RUNNING)
-    other_install = runtime.add_foreign(spec(jobs[0].id, 1, "f" * 32), ContainerState.RUNNING)
+    other_install = runtime.add_foreign(
+        spec(jobs[0].id, 1, "f" * 32), ContainerState.RUNNING
+    )
 
     dry = make(queue, runtime).recover(dry_run=True)
-    assert dry.counts() == {"reclaim": 1, "collect": 1, "requeue": 1, "release": 1, "orphan": 1}
+    assert dry.counts() == {
+        "reclaim": 1,
+        "collect": 1,
+        "requeue": 1,
+        "release": 1,
+        "orphan": 1,
+    }
     assert {j.status for j in queue.active()} == {Status.ACTIVE}
     assert len(queue.active()) == 4  # the dry run changed nothing
 
@@ -147,14 +159,20 @@ def test_recovery_reclaims_collects_requeues_releases_and_removes_orphans(
     assert queue.get(jobs[1].id).status is Status.COMPLETED
     assert [r.text for r in Outbox(queue.db).for_job(jobs[1].id)] == ["done while down"]
     lost = queue.get(jobs[2].id)
-    assert (lost.status, lost.last_error, lost.retry_count) == (Status.WAITING, "container lost", 1)
+    assert (lost.status, lost.last_error, lost.retry_count) == (
+        Status.WAITING,
+        "container lost",
+        1,
+    )
     released = queue.get(jobs[3].id)
     assert (released.status, released.retry_count) == (Status.WAITING, 0)
     assert orphan not in runtime.containers and exited not in runtime.containers
     assert other_install in runtime.containers  # never another install's
 
 
-def test_reading_a_reclaimed_containers_output_again_records_nothing_twice(queue, runtime):
+def test_reading_a_reclaimed_containers_output_again_records_nothing_twice(
+    queue, runtime
+):
     job = queue.enqueue("a", "hi")
     first = make(queue, runtime)
     first.step()
@@ -190,7 +208,9 @@ def test_engine_outage_spends_no_attempt_and_work_resumes(queue, runtime, clock)
     assert queue.get(job.id).status is Status.ACTIVE
 
 
-def test_attempt_that_ends_during_an_outage_is_released_not_failed(queue, runtime, clock):
+def test_attempt_that_ends_during_an_outage_is_released_not_failed(
+    queue, runtime, clock
+):
     job = queue.enqueue("a", "hi")
     dispatcher = make(queue, runtime)
     dispatcher.step()
@@ -221,7 +241,10 @@ def test_drain_and_delivery_to_a_callback_and_a_file(queue, runtime, tmp_path):
     runtime.exit(ref, 0)
     dispatcher.step()
     outbox = Outbox(queue.db)
-    assert Deliverer(outbox, CallbackSink(seen.append), queue.install_id).deliver_due() == 1
+    assert (
+        Deliverer(outbox, CallbackSink(seen.append), queue.install_id).deliver_due()
+        == 1
+    )
     assert [r.text for r in seen] == ["hello"]
     assert outbox.undelivered() == 0
 
