@@ -62,8 +62,11 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         queue.close()
 
 
+@pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("label", LABELS)
-def test_operation_conforms_to_the_schema(base_url: str, label: str) -> None:
+def test_operation_conforms_to_the_schema(
+    base_url: str, label: str, mode: str
+) -> None:
     operation = next(
         r.ok() for r in SCHEMA.get_all_operations() if r.ok().label == label
     )
@@ -73,9 +76,9 @@ def test_operation_conforms_to_the_schema(base_url: str, label: str) -> None:
         # 503 is its documented answer while not ready (no dispatcher here).
         excluded.append(schemathesis.checks.not_a_server_error)
 
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy(schemathesis.GenerationMode(mode)))
     @settings(
-        max_examples=100,
+        max_examples=50,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         derandomize=True,
