@@ -9,6 +9,7 @@ agents produce the same bytes for the same input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ def _run(directive: str, inbox: Path) -> None:
     if not sep:
         return
     if key == "reply":
-        _out('{"type":"reply","text":"%s"}' % value)
+        _out('{"type":"reply","text":"' + value + '"}')
     elif key == "log":
         _out(value)
     elif key == "stderr":
@@ -38,12 +39,10 @@ def _run(directive: str, inbox: Path) -> None:
         _out(value, end="")
     elif key == "lines" and value.isascii() and value.isdigit():
         for i in range(1, int(value) + 1):
-            _out('{"type":"reply","text":"line %d"}' % i)
+            _out(f'{{"type":"reply","text":"line {i}"}}')
     elif key == "sleep":
-        try:
+        with contextlib.suppress(ValueError):  # not a number: ignored
             time.sleep(float(value))
-        except ValueError:
-            pass  # not a number: ignored, like busybox sleep's error
     elif key == "exit" and value.isascii() and value.isdigit():
         sys.exit(int(value) & 0xFF)
     elif key == "await" and value and not value.startswith(".") and "/" not in value:
@@ -51,7 +50,7 @@ def _run(directive: str, inbox: Path) -> None:
         while not path.is_file():
             time.sleep(0.05)
         document = path.read_text()
-        _out('{"type":"inbox","name":"%s","document":%s}' % (value, document))
+        _out(f'{{"type":"inbox","name":"{value}","document":{document}}}')
 
 
 def main() -> int:

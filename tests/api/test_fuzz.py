@@ -62,8 +62,15 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         queue.close()
 
 
-@pytest.mark.parametrize("mode", ["positive", "negative"])
-@pytest.mark.parametrize("label", LABELS)
+# Negative cases need something to break: only operations with input.
+CASES = [(label, "positive") for label in LABELS] + [
+    (label, "negative")
+    for label in LABELS
+    if label.startswith("POST") or "/v1/jobs" in label
+]
+
+
+@pytest.mark.parametrize(("label", "mode"), CASES)
 def test_operation_conforms_to_the_schema(
     base_url: str, label: str, mode: str
 ) -> None:

@@ -31,7 +31,7 @@ def batch(*texts: str, job: int = 1, attempt: int = 1, group: str = "g") -> dict
 
 
 def reply(text: str) -> str:
-    return '{"type":"reply","text":"%s"}' % text
+    return '{"type":"reply","text":"' + text + '"}'
 
 
 @dataclass

@@ -75,16 +75,16 @@ def test_a_ref_that_is_not_an_id_is_refused_before_any_engine_call(
     for runtime in runtimes:
         if isinstance(runtime, DockerRuntime) and len(ref) == 64 and ref.islower():
             continue
-        for call in (
-            lambda: runtime.inspect(ref),
-            lambda: runtime.read_output(ref),
-            lambda: runtime.wait(ref, 0),
-            lambda: runtime.stop(ref),
-            lambda: runtime.remove(ref),
-            lambda: runtime.deliver(ref, "x", {}),
+        for method, args in (
+            (runtime.inspect, ()),
+            (runtime.read_output, ()),
+            (runtime.wait, (0,)),
+            (runtime.stop, ()),
+            (runtime.remove, ()),
+            (runtime.deliver, ("x", {})),
         ):
             with pytest.raises(InvalidInput):
-                call()
+                method(ref, *args)
     assert not Path("/tmp/pwned").exists()
 
 
