@@ -94,12 +94,16 @@ def test_engine_outage_costs_no_attempt_and_the_queue_resumes(
         proxy.cut()
         waiting = moorage.enqueue("b", "reply=b")
         eventually(lambda: "engine unreachable" in moorage.log.read_text(), timeout=30)
-        eventually(lambda: moorage.log.read_text().count("engine unreachable") >= 2, timeout=30)
+        eventually(
+            lambda: moorage.log.read_text().count("engine unreachable") >= 2, timeout=30
+        )
         assert moorage.status(waiting) == "waiting"
         assert moorage.job(running)["status"] == "active"
 
         proxy.start()
-        eventually(lambda: "engine reachable again" in moorage.log.read_text(), timeout=60)
+        eventually(
+            lambda: "engine reachable again" in moorage.log.read_text(), timeout=60
+        )
         for job in (running, waiting):
             eventually(lambda job=job: moorage.status(job) == "completed", timeout=60)
             row = moorage.job(job)

@@ -71,9 +71,7 @@ CASES = [(label, "positive") for label in LABELS] + [
 
 
 @pytest.mark.parametrize(("label", "mode"), CASES)
-def test_operation_conforms_to_the_schema(
-    base_url: str, label: str, mode: str
-) -> None:
+def test_operation_conforms_to_the_schema(base_url: str, label: str, mode: str) -> None:
     operation = next(
         r.ok() for r in SCHEMA.get_all_operations() if r.ok().label == label
     )

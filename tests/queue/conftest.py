@@ -27,9 +27,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_queue(
-    data_dir: Path, clock: FakeClock
-) -> Iterator[Callable[..., Queue]]:
+def make_queue(data_dir: Path, clock: FakeClock) -> Iterator[Callable[..., Queue]]:
     """Open queues on the test's data directory; all are closed afterwards."""
     opened: list[Queue] = []
 

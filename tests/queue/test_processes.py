@@ -115,7 +115,9 @@ def test_two_processes_claiming_at_once_keep_one_per_group_and_the_cap(
     data = tmp_path / "data"
     setup = Queue.open(data, synchronous="NORMAL")
     for i in range(900):
-        setup.enqueue(GROUPS[i % len(GROUPS)], f"m{i}", priority=("high", "normal", "low")[i % 3])
+        setup.enqueue(
+            GROUPS[i % len(GROUPS)], f"m{i}", priority=("high", "normal", "low")[i % 3]
+        )
     setup.close()
 
     for seed in (1, 2):

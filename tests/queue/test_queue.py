@@ -322,7 +322,11 @@ def test_prune_deletes_exactly_the_old_finished_jobs_and_their_history(
     queue: Queue, raw: sqlite3.Connection, clock: FakeClock
 ) -> None:
     # finished at: age (at the time of the prune) in hours
-    ages = {"completed": [200, 25, 23], "failed": [200, 169, 167, 25], "cancelled": [200, 169, 167]}
+    ages = {
+        "completed": [200, 25, 23],
+        "failed": [200, 169, 167, 25],
+        "cancelled": [200, 169, 167],
+    }
     plan = sorted(
         ((age, how) for how, hours in ages.items() for age in hours), reverse=True
     )
@@ -635,7 +639,9 @@ def test_one_active_job_per_group_and_the_global_cap(
     claimed = queue.claim(3)
     assert len(claimed) == 2  # one slot already taken by "solo"
     assert queue.claim(3) == []
-    (active,) = raw.execute("SELECT count(*) FROM jobs WHERE status='active'").fetchone()
+    (active,) = raw.execute(
+        "SELECT count(*) FROM jobs WHERE status='active'"
+    ).fetchone()
     assert active == 3
     assert len(queue.claim(4, limit=5)) == 1
     assert len(queue.claim(100, limit=1)) == 1
@@ -897,9 +903,7 @@ def test_schema_version_and_reopening_does_not_migrate_again(
     with caplog.at_level(logging.INFO, logger="moorage.store.sqlite"):
         first = make_queue()
     assert first.db.schema_version == len(MIGRATIONS)
-    assert sum("migrated" in r.getMessage() for r in caplog.records) == len(
-        MIGRATIONS
-    )
+    assert sum("migrated" in r.getMessage() for r in caplog.records) == len(MIGRATIONS)
     job = first.enqueue("g", "kept")
     install = first.install_id
     first.close()

@@ -265,7 +265,9 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(index=st.integers(0, 99))
     def retry(self, index: int) -> None:
-        job = self.pick(index, "failed", "cancelled") if index < 80 else self.pick(index)
+        job = (
+            self.pick(index, "failed", "cancelled") if index < 80 else self.pick(index)
+        )
         try:
             self.queue.retry(job.id)
         except InvalidTransition:

@@ -18,6 +18,7 @@ function fill(id, items, draw, emptyText) {
   if (items.length === 0) {
     const row = document.createElement("tr");
     cell(row, emptyText, "muted");
+    row.firstChild.colSpan = 4;
     body.appendChild(row);
     return;
   }
