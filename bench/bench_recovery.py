@@ -158,7 +158,7 @@ def bench_latency(kind: str, rounds: int, data_dir: Path) -> None:
         client.close()
 
     print()
-    print("enqueue -> container running (median of %d)" % rounds)
+    print(f"enqueue -> container running (median of {rounds})")
     print(f"  through moorage        {statistics.median(through) * 1000:8.1f} ms")
     if direct:
         added = statistics.median(through) - statistics.median(direct)
