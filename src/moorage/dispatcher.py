@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from moorage.clock import Clock, SystemClock
 from moorage.delivery import Deliverer
 from moorage.errors import ContainerNotFound, EngineUnavailable, RuntimeFailure
+from moorage.metrics import Metrics
 from moorage.models import Job
 from moorage.outbox import Outbox
 from moorage.queue import DAY, Queue, StaleAttempt
@@ -80,8 +81,10 @@ class Dispatcher:
         outbox: Outbox | None = None,
         deliverer: Deliverer | None = None,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.queue = queue
+        self.metrics = metrics
         self.runtime = runtime
         self.settings = settings or DispatchSettings()
         self.clock = clock or queue.clock or SystemClock()
@@ -117,6 +120,8 @@ class Dispatcher:
         report.seconds = time.perf_counter() - began
         if not dry_run:
             self.last_recovery = report
+            if self.metrics is not None:
+                self.metrics.recovered(report)
             logger.info("recovery: %s", report.summary(), extra={"action": "recover"})
         return report
 
@@ -202,7 +207,8 @@ class Dispatcher:
                             "draining: waiting for %d active jobs", len(self.watched)
                         )
                 self.step()
-                stop.wait(self.settings.poll_interval)
+                self._wake.wait(self.settings.poll_interval)
+                self._wake.clear()
         finally:
             if self.deliverer is not None:
                 self.deliverer.stop()
@@ -211,6 +217,10 @@ class Dispatcher:
             len(self.watched),
             extra={"action": "stop"},
         )
+
+    def wake(self) -> None:
+        """Run the next step now (a job was enqueued in this process)."""
+        self._wake.set()
 
     def _recover_when_reachable(self, stop: threading.Event) -> None:
         delay = 1.0
@@ -286,12 +296,17 @@ class Dispatcher:
         elapsed = ""
         if container.started_at and container.finished_at:
             elapsed = f" in {container.finished_at - container.started_at:.1f} s"
+        seconds = None
+        if container.started_at and container.finished_at:
+            seconds = container.finished_at - container.started_at
         try:
             if timed_out or container.timed_out:
                 limit = self._timeout_of(job)
                 self.queue.fail(job.id, job.attempt, f"timed out after {limit:g} s")
+                self._count("timed_out", seconds)
             elif container.exit_code == 0:
                 self.queue.finish(job.id, job.attempt, f"exit 0{elapsed}")
+                self._count("completed", seconds)
             else:
                 self._fail_or_release(
                     job, container, f"exit code {container.exit_code}"
@@ -310,8 +325,16 @@ class Dispatcher:
         finished = container.finished_at if container is not None else None
         if self._during_outage(finished):
             self.queue.release(job.id, job.attempt, f"{error} during an engine outage")
+            self._count("released", None)
         else:
-            self.queue.fail(job.id, job.attempt, error)
+            after = self.queue.fail(job.id, job.attempt, error)
+            lost = container is None or error == "container lost"
+            outcome = "retried" if after.status.value == "waiting" else "failed"
+            self._count("lost" if lost else outcome, None)
+
+    def _count(self, outcome: str, seconds: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.attempt_finished(outcome, seconds)
 
     def _during_outage(self, at: float | None) -> bool:
         """Whether an attempt that ended at ``at`` ended while the engine was
@@ -346,6 +369,10 @@ class Dispatcher:
 
     def _claim_and_start(self) -> None:
         jobs = self.queue.claim(self.settings.max_concurrent)
+        if jobs and self.metrics is not None:
+            self.metrics.claimed(len(jobs))
+            for job in jobs:
+                self.metrics.queue_wait(max(0.0, self.clock.now() - job.run_after))
         for index, job in enumerate(jobs):
             try:
                 info = self.runtime.start(self.spec_for(job))
@@ -401,6 +428,8 @@ class Dispatcher:
     # -- engine outages ------------------------------------------------------------
 
     def _engine_lost(self, exc: EngineUnavailable, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.engine_error()
         if self.engine_ok:
             self._outage_since = now
             self._engine_backoff = 1.0

@@ -19,6 +19,7 @@ from moorage.delivery import Deliverer, JsonlSink, Sink, WebhookSink
 from moorage.dispatcher import Dispatcher, DispatchSettings
 from moorage.errors import ConfigError, EngineUnavailable, InvalidInput
 from moorage.lock import DataDirLock
+from moorage.metrics import Metrics
 from moorage.outbox import Outbox
 from moorage.queue import Queue
 from moorage.runtime.base import Limits, Mount, Runtime
@@ -137,9 +138,12 @@ def serve(
         deliverer = Deliverer(
             Outbox(queue.db), sink or make_sink(config, data_dir), queue.install_id
         )
-        dispatcher = Dispatcher(queue, runtime, settings, deliverer=deliverer)
+        metrics = Metrics()
+        dispatcher = Dispatcher(
+            queue, runtime, settings, deliverer=deliverer, metrics=metrics
+        )
         _handle_signals(stop)
-        http = _start_http(config, queue, dispatcher)
+        http = _start_http(config, queue, dispatcher, metrics)
         logger.info(
             "serving %s with the %s runtime, at most %d at once",
             data_dir,
@@ -192,7 +196,9 @@ def _handle_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def _start_http(config: ServeConfig, queue: Queue, dispatcher: Dispatcher) -> Any:
+def _start_http(
+    config: ServeConfig, queue: Queue, dispatcher: Dispatcher, metrics: Metrics
+) -> Any:
     """Start the HTTP API if configured; returns a function that stops it."""
     if not config.http:
         return None
@@ -207,11 +213,15 @@ def _start_http(config: ServeConfig, queue: Queue, dispatcher: Dispatcher) -> An
         raise InvalidInput(f"--http must be HOST:PORT, not {config.http!r}") from exc
     host = host.strip("[]") or "127.0.0.1"
     api.check_bind(host, config.http_token)
-    app = api.create_app(queue, dispatcher=dispatcher, token=config.http_token)
-    server, thread = api.serve_http(app, host, port)
-
-    def stop_http() -> None:
-        server.should_exit = True
-        thread.join(5)
-
-    return stop_http
+    app = api.create_app(
+        queue,
+        dispatcher=dispatcher,
+        token=config.http_token,
+        metrics=metrics,
+        wake=dispatcher.wake,
+    )
+    handle = api.serve_http(app, host, port)
+    logger.info(
+        "HTTP API on http://%s:%d/", host, handle.port, extra={"action": "http"}
+    )
+    return handle.stop
