@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +194,7 @@ class Queue:
                 if known is not None:
                     return self._get(conn, known[0])
             ready = now if due is None else due
-            (job_id,) = conn.execute(
+            row = conn.execute(
                 q.INSERT_JOB,
                 {
                     "group_id": group,
@@ -209,6 +208,8 @@ class Queue:
                     "timeout": limit,
                 },
             ).fetchone()
+            job = _job(row)
+            job_id = job.id
             self._event(conn, job_id, now, None, Status.WAITING, 0, None)
             if key is not None:
                 conn.execute(_INSERT_KEY, (key, job_id, now))
@@ -221,25 +222,7 @@ class Queue:
                     "ready_at": ready,
                 },
             )
-        return Job(
-            id=job_id,
-            group_id=group,
-            kind=job_kind,
-            status=Status.WAITING,
-            priority=prio,
-            message_text=body,
-            chat_jid=jid,
-            enqueued_at=now,
-            run_after=ready,
-            started_at=None,
-            finished_at=None,
-            attempt=0,
-            retry_count=0,
-            max_retries=retries,
-            timeout=limit,
-            container_id=None,
-            last_error=None,
-        )
+        return job
 
     def claim(self, max_concurrent: int, limit: int | None = None) -> list[Job]:
         """Move the next runnable jobs to active, each under a new attempt.
@@ -798,7 +781,3 @@ def _kind(value: str | Kind) -> Kind:
         return Kind(value)
     except ValueError as exc:
         raise InvalidInput(f"kind must be message or task; got {value!r}") from exc
-
-
-def ids(jobs: Iterable[Job]) -> list[int]:
-    return [job.id for job in jobs]

@@ -9,13 +9,13 @@ JOB_COLUMNS = (
     "container_id, last_error"
 )
 
-#: Add a new waiting job; returns its id.
-INSERT_JOB = """
+#: Add a new waiting job; returns it whole.
+INSERT_JOB = f"""
 INSERT INTO jobs (group_id, kind, status, priority, message_text, chat_jid,
                   enqueued_at, run_after, max_retries, timeout)
 VALUES (:group_id, :kind, 'waiting', :priority, :text, :chat_jid,
         :now, :run_after, :max_retries, :timeout)
-RETURNING id
+RETURNING {JOB_COLUMNS}
 """
 
 #: Append one transition to a job's history.
