@@ -67,6 +67,15 @@ class Job:
     timeout: float | None
     container_id: str | None
     last_error: str | None
+    #: The lead job whose attempt carries this one: set for a batch member,
+    #: and for a follow-up offered to a running attempt but not yet received.
+    batch_of: int | None = None
+    idle_since: float | None = None  # lead: its agent said it was idle then
+    closing_at: float | None = None  # lead: moorage asked its agent to close then
+    repeat: str | None = None  # recurring task: "every <s>" or "cron <expr>"
+    series_id: int | None = None  # recurring task: the series' first occurrence
+    scheduled_for: float | None = None  # recurring task: this occurrence's slot
+    follows: int | None = None  # recurring task: the occurrence before this one
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -87,6 +96,13 @@ class Job:
             "timeout": self.timeout,
             "container_id": self.container_id,
             "last_error": self.last_error,
+            "batch_of": self.batch_of,
+            "idle_since": self.idle_since,
+            "closing_at": self.closing_at,
+            "repeat": self.repeat,
+            "series_id": self.series_id,
+            "scheduled_for": self.scheduled_for,
+            "follows": self.follows,
         }
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from moorage.clock import Clock, SystemClock
 from moorage.models import Job
@@ -56,12 +58,8 @@ class Reply:
         }
 
 
-def parse_reply(line: str) -> str | None:
-    """The reply text of an output line, or None if the line is not a reply.
-
-    A reply is a JSON object ``{"type": "reply", "text": "..."}``; every other
-    line is log output of the agent.
-    """
+def parse_line(line: str) -> dict[str, Any] | None:
+    """The JSON object an output line carries, or None for a log line."""
     stripped = line.strip()
     if not stripped.startswith("{"):
         return None
@@ -69,10 +67,92 @@ def parse_reply(line: str) -> str | None:
         document = json.loads(stripped)
     except ValueError:
         return None
-    if not isinstance(document, dict) or document.get("type") != "reply":
+    return document if isinstance(document, dict) else None
+
+
+def parse_reply(line: str) -> str | None:
+    """The reply text of an output line, or None if the line is not a reply.
+
+    A reply is a JSON object ``{"type": "reply", "text": "..."}``; every other
+    line is log output of the agent (or one of the signals below).
+    """
+    document = parse_line(line)
+    if document is None or document.get("type") != "reply":
         return None
     text = document.get("text")
     return text if isinstance(text, str) else None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A line in which the agent tells moorage about its state:
+    ``{"type": "received", "id": 42}`` (it took follow-up 42 from its inbox)
+    or ``{"type": "idle"}`` (it answered everything it took)."""
+
+    kind: str  # "received" or "idle"
+    position: int
+    job_id: int | None = None
+
+
+def parse_signal(line: str, position: int) -> Signal | None:
+    document = parse_line(line)
+    if document is None:
+        return None
+    kind = document.get("type")
+    if kind == "idle":
+        return Signal("idle", position)
+    job = document.get("id")
+    if kind == "received" and isinstance(job, int) and not isinstance(job, bool):
+        return Signal("received", position, job)
+    return None
+
+
+def write_output(
+    conn: sqlite3.Connection, job: Job, start: int, lines: Iterable[str], now: float
+) -> tuple[int, list[Signal]]:
+    """Inside the caller's transaction: record the reply lines among
+    ``lines`` (output lines ``start``… of the job's current attempt) and
+    advance the read position.  Returns the number of replies newly recorded
+    and the signals found, in output order."""
+    params = []
+    signals = []
+    end = start
+    for end, line in enumerate(lines, start=start + 1):
+        text = parse_reply(line)
+        if text is None:
+            signal = parse_signal(line, end - 1)
+            if signal is not None:
+                signals.append(signal)
+            continue
+        params.append(
+            {
+                "job_id": job.id,
+                "attempt": job.attempt,
+                "position": end - 1,
+                "group_id": job.group_id,
+                "chat_jid": job.chat_jid,
+                "kind": "reply",
+                "text": text,
+                "now": now,
+            }
+        )
+    if end == start:
+        return 0, []
+    before = conn.total_changes
+    conn.executemany(q.INSERT_REPLY, params)
+    added = conn.total_changes - before
+    conn.execute(
+        q.ADVANCE_OUTPUT, {"job_id": job.id, "attempt": job.attempt, "position": end}
+    )
+    if added:
+        logger.debug(
+            "recorded %d replies of job %d attempt %d",
+            added,
+            job.id,
+            job.attempt,
+            extra={"action": "reply", "job": job.id, "attempt": job.attempt},
+        )
+    return added, signals
 
 
 class Outbox:
@@ -91,42 +171,14 @@ class Outbox:
     def record(self, job: Job, start: int, lines: Iterable[str]) -> int:
         """Record the reply lines among ``lines`` (output lines ``start``… of
         the job's current attempt) and advance the read position, in one
-        transaction.  Returns the number of replies newly recorded."""
-        params = []
-        end = start
-        for end, line in enumerate(lines, start=start + 1):
-            text = parse_reply(line)
-            if text is not None:
-                params.append(
-                    {
-                        "job_id": job.id,
-                        "attempt": job.attempt,
-                        "position": end - 1,
-                        "group_id": job.group_id,
-                        "chat_jid": job.chat_jid,
-                        "kind": "reply",
-                        "text": text,
-                    }
-                )
-        if end == start:
+        transaction.  Returns the number of replies newly recorded.  Signals
+        are ignored here; :meth:`moorage.queue.Queue.record_output` acts on
+        them in the same transaction as the replies."""
+        lines = list(lines)
+        if not lines:
             return 0
         with self.db.transaction() as conn:
-            now = self.clock.now()
-            before = conn.total_changes
-            conn.executemany(q.INSERT_REPLY, [dict(p, now=now) for p in params])
-            added = conn.total_changes - before
-            conn.execute(
-                q.ADVANCE_OUTPUT,
-                {"job_id": job.id, "attempt": job.attempt, "position": end},
-            )
-        if added:
-            logger.debug(
-                "recorded %d replies of job %d attempt %d",
-                added,
-                job.id,
-                job.attempt,
-                extra={"action": "reply", "job": job.id, "attempt": job.attempt},
-            )
+            added, _ = write_output(conn, job, start, lines, self.clock.now())
         return added
 
     def due(self, limit: int = 100) -> list[Reply]:
@@ -160,3 +212,17 @@ class Outbox:
         with self.db.reading() as conn:
             rows = conn.execute(q.JOB_REPLIES, {"job_id": job_id}).fetchall()
         return [Reply(*row) for row in rows]
+
+    def replies_per_minute(self, minutes: int) -> list[int]:
+        """Replies recorded (not delivered) in each of the last ``minutes``
+        whole minutes, the current minute first; failure notices excluded."""
+        now = self.clock.now()
+        counts = [0] * minutes
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                q.REPLIES_PER_MINUTE, {"now": now, "since": now - 60 * minutes}
+            ).fetchall()
+        for minute, count in rows:
+            if 0 <= minute < minutes:
+                counts[minute] += count
+        return counts

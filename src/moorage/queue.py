@@ -31,6 +31,8 @@ from moorage import validation
 from moorage.clock import Clock, SystemClock
 from moorage.errors import InvalidInput, InvalidTransition, JobNotFound
 from moorage.models import Event, GroupStatus, Job, Kind, Priority, QueueStatus, Status
+from moorage.outbox import write_output
+from moorage.schedule import parse_repeat
 from moorage.store import Database, prepare_data_dir
 from moorage.store import queries as q
 from moorage.store.sqlite import DB_FILENAME, Synchronous
@@ -69,6 +71,43 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """How many waiting messages of a group one attempt may take at once
+    (the head message included), and their total size in bytes; the head
+    message always goes, whatever its size."""
+
+    messages: int = 1
+    bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        validation.positive_int("batch messages", self.messages)
+        validation.positive_int("batch bytes", self.bytes)
+
+    def fit(self, rows: list[tuple[int, int]]) -> list[int]:
+        """Ids of the messages after the head (``rows[0]``) that fit."""
+        if not rows:
+            return []
+        total = rows[0][1]
+        riders = []
+        for job_id, size in rows[1 : self.messages]:
+            total += size
+            if total > self.bytes:
+                break
+            riders.append(job_id)
+        return riders
+
+
+@dataclass(frozen=True)
+class Output:
+    """What one call of :meth:`Queue.record_output` found and recorded."""
+
+    replies: int  # reply lines newly recorded
+    received: list[Job]  # follow-ups the agent took (now members)
+    idle_since: float | None  # the lead's idle mark after these lines
+    closing_at: float | None
+
+
+@dataclass(frozen=True)
 class PruneResult:
     completed: int
     failed: int
@@ -98,6 +137,13 @@ def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         timeout=row[14],
         container_id=row[15],
         last_error=row[16],
+        batch_of=row[17],
+        idle_since=row[18],
+        closing_at=row[19],
+        repeat=row[20],
+        series_id=row[21],
+        scheduled_for=row[22],
+        follows=row[23],
     )
 
 
@@ -156,11 +202,17 @@ class Queue:
         max_retries: int | None = None,
         timeout: float | None = None,
         idempotency_key: str | None = None,
+        repeat: str | None = None,
     ) -> Job:
         """Add a waiting job; when this returns, the job is committed durably.
 
         ``run_after`` (epoch seconds) schedules a task; messages always run in
-        their group's order and cannot be scheduled.  With an
+        their group's order and cannot be scheduled.  ``repeat`` (an interval
+        such as ``15m`` or a five-field cron expression, UTC) makes a task
+        recurring: each occurrence, when it finishes, creates the next in the
+        same transaction (see :mod:`moorage.schedule`); without ``run_after``
+        the first occurrence is due now (interval) or at the first cron slot.
+        With an
         ``idempotency_key`` already used, nothing is added and the job made
         under that key is returned; the key is recorded in the same
         transaction as the job it names.
@@ -186,6 +238,9 @@ class Queue:
             raise InvalidInput(
                 "only tasks can be scheduled with run_after; messages run in order"
             )
+        recurrence = None if repeat is None else parse_repeat(repeat)
+        if recurrence is not None and job_kind is Kind.MESSAGE:
+            raise InvalidInput("only tasks can repeat; messages run once")
 
         with self.db.transaction() as conn:
             now = self.clock.now()
@@ -194,46 +249,74 @@ class Queue:
                 if known is not None:
                     return self._get(conn, known[0])
             ready = now if due is None else due
-            row = conn.execute(
-                q.INSERT_JOB,
+            if recurrence is not None and due is None:
+                ready = recurrence.first(now)
+            job = self._insert(
+                conn,
+                now,
                 {
                     "group_id": group,
                     "kind": job_kind.value,
                     "priority": int(prio),
                     "text": body,
                     "chat_jid": jid,
-                    "now": now,
                     "run_after": ready,
                     "max_retries": retries,
                     "timeout": limit,
+                    "repeat": None if recurrence is None else recurrence.spec,
+                    "series_id": None,
+                    "scheduled_for": None if recurrence is None else ready,
+                    "follows": None,
                 },
-            ).fetchone()
-            job = _job(row)
-            job_id = job.id
-            self._event(conn, job_id, now, None, Status.WAITING, 0, None)
-            if key is not None:
-                conn.execute(_INSERT_KEY, (key, job_id, now))
-            conn.execute(
-                q.LANE_ADD_WAITING,
-                {
-                    "group_id": group,
-                    "priority": int(prio),
-                    "job_id": job_id,
-                    "ready_at": ready,
-                },
+                None,
             )
+            if recurrence is not None:
+                row = conn.execute(q.START_SERIES, {"job_id": job.id}).fetchone()
+                job = _job(row)
+            if key is not None:
+                conn.execute(_INSERT_KEY, (key, job.id, now))
         return job
 
-    def claim(self, max_concurrent: int, limit: int | None = None) -> list[Job]:
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        values: dict[str, Any],
+        detail: str | None,
+    ) -> Job:
+        job = _job(conn.execute(q.INSERT_JOB, dict(values, now=now)).fetchone())
+        self._event(conn, job.id, now, None, Status.WAITING, 0, detail)
+        conn.execute(
+            q.LANE_ADD_WAITING,
+            {
+                "group_id": job.group_id,
+                "priority": int(job.priority),
+                "job_id": job.id,
+                "ready_at": job.run_after,
+            },
+        )
+        return job
+
+    def claim(
+        self,
+        max_concurrent: int,
+        limit: int | None = None,
+        *,
+        batch: Batch | None = None,
+    ) -> list[Job]:
         """Move the next runnable jobs to active, each under a new attempt.
 
-        Takes at most ``max_concurrent`` minus the jobs already active (in
-        every process using this database), and at most ``limit``.  Free
+        Takes at most ``max_concurrent`` minus the attempts already running
+        (in every process using this database), and at most ``limit``.  Free
         groups are taken most urgent first; each gives its head job: its
-        earliest due task, else its oldest message.  Returns [] when nothing
-        is runnable.  Atomic: either every returned job was claimed or none.
+        earliest due task, else its oldest message.  With ``batch``, the
+        messages that follow a head message in its group ride along as
+        members of its attempt (see :meth:`members`); tasks always run alone.
+        Returns the head (lead) jobs, [] when nothing is runnable.  Atomic:
+        either every returned job was claimed or none.
         """
         validation.positive_int("max_concurrent", max_concurrent)
+        batch = batch or Batch()
         with self.db.transaction() as conn:
             now = self.clock.now()
             (active,) = conn.execute(q.COUNT_ACTIVE).fetchone()
@@ -248,7 +331,7 @@ class Queue:
             ]
             claimed = []
             for group in groups:
-                job = self._claim_head(conn, group, now)
+                job = self._claim_head(conn, group, now, batch)
                 if job is not None:
                     claimed.append(job)
         for job in claimed:
@@ -266,21 +349,49 @@ class Queue:
         return claimed
 
     def _claim_head(
-        self, conn: sqlite3.Connection, group: str, now: float
+        self, conn: sqlite3.Connection, group: str, now: float, batch: Batch
     ) -> Job | None:
         row = conn.execute(q.GROUP_DUE_TASK, {"group_id": group, "now": now}).fetchone()
+        riders: list[int] = []
         if row is None:
-            row = conn.execute(q.GROUP_FIRST_MESSAGE, {"group_id": group}).fetchone()
+            rows = conn.execute(
+                q.GROUP_MESSAGES, {"group_id": group, "limit": batch.messages}
+            ).fetchall()
+            row = rows[0] if rows else None
+            riders = batch.fit(rows)
         if row is None:
             self._refresh_lane(conn, group, now)  # the lane was stale; mend it
             return None
         claimed = conn.execute(q.CLAIM_JOB, {"job_id": row[0], "now": now}).fetchone()
         job = _job(claimed)
+        detail = "claimed"
+        if riders:
+            detail = f"claimed with {len(riders)} more messages of the group"
         self._event(
-            conn, job.id, now, Status.WAITING, Status.ACTIVE, job.attempt, "claimed"
+            conn, job.id, now, Status.WAITING, Status.ACTIVE, job.attempt, detail
         )
+        for rider in riders:
+            member = _job(
+                conn.execute(
+                    q.CLAIM_MEMBER, {"job_id": rider, "now": now, "lead": job.id}
+                ).fetchone()
+            )
+            self._event(
+                conn,
+                member.id,
+                now,
+                Status.WAITING,
+                Status.ACTIVE,
+                member.attempt,
+                f"claimed in the batch of job {job.id} attempt {job.attempt}",
+            )
         self._refresh_lane(
-            conn, group, now, waiting_delta=-1, active_job=job.id, clear_hold=True
+            conn,
+            group,
+            now,
+            waiting_delta=-1 - len(riders),
+            active_job=job.id,
+            clear_hold=True,
         )
         return job
 
@@ -295,6 +406,9 @@ class Queue:
             if row is None:
                 self._stale(conn, job_id, attempt, "start")
             job = _job(row)
+            conn.execute(
+                q.START_MEMBERS, {"lead": job_id, "container_id": container_id}
+            )
             self._event(
                 conn,
                 job_id,
@@ -328,6 +442,8 @@ class Queue:
             self._event(
                 conn, job_id, now, Status.ACTIVE, Status.COMPLETED, attempt, detail
             )
+            self._settle_members(conn, job, now, Status.COMPLETED, None)
+            self._schedule_next(conn, job, now)
         logger.info(
             "job %d completed (attempt %d)",
             job_id,
@@ -371,11 +487,12 @@ class Queue:
                 self._event(
                     conn, job_id, now, Status.ACTIVE, Status.WAITING, attempt, detail
                 )
+                riders = self._requeue_members(conn, job, now, error, spent=1)
                 self._refresh_lane(
                     conn,
                     job.group_id,
                     now,
-                    waiting_delta=1,
+                    waiting_delta=1 + riders,
                     active_job=None,
                     hold=now + delay,
                 )
@@ -399,6 +516,8 @@ class Queue:
                 conn, job_id, attempt, Status.FAILED, error, now, "fail"
             )
             self._event(conn, job_id, now, Status.ACTIVE, Status.FAILED, attempt, error)
+            self._settle_members(conn, job, now, Status.FAILED, error)
+            self._schedule_next(conn, job, now)
             # The failure notice is committed with the failure itself, so a
             # crash can neither lose it nor send one for a job that recovers.
             conn.execute(
@@ -453,10 +572,127 @@ class Queue:
                 attempt,
                 f"released: {reason}",
             )
+            riders = self._requeue_members(conn, job, now, reason, spent=0)
             self._refresh_lane(
-                conn, job.group_id, now, waiting_delta=1, active_job=None
+                conn, job.group_id, now, waiting_delta=1 + riders, active_job=None
             )
         return job
+
+    # -- conversations ---------------------------------------------------------
+
+    def members(self, lead_id: int) -> list[Job]:
+        """The jobs riding on a lead's current attempt, in order (batched at
+        claim, or follow-ups the agent received)."""
+        with self.db.reading() as conn:
+            return [_job(r) for r in conn.execute(q.BATCH_MEMBERS, {"lead": lead_id})]
+
+    def offered(self, lead_id: int) -> list[Job]:
+        """Follow-ups offered to a lead's running attempt, not yet received."""
+        with self.db.reading() as conn:
+            return [_job(r) for r in conn.execute(q.OFFERED, {"lead": lead_id})]
+
+    def due_task(self, group_id: str) -> bool:
+        """Whether a task of the group is due (it goes before messages)."""
+        with self.db.reading() as conn:
+            row = conn.execute(
+                q.GROUP_DUE_TASK, {"group_id": group_id, "now": self.clock.now()}
+            ).fetchone()
+        return row is not None
+
+    def offer(self, lead_id: int, attempt: int, limit: int) -> list[Job]:
+        """Offer the group's next waiting messages to a lead's running
+        attempt as follow-ups, oldest first, at most ``limit``.
+
+        An offered message stays waiting (and holds its place) until the
+        agent says it received it (:meth:`record_output`); if the attempt
+        ends first, it goes back in line as if never offered.  Nothing is
+        offered to a task, to an attempt asked to close, or while a task of
+        the group is due (tasks go first).  Returns the offered jobs.
+        """
+        validation.positive_int("limit", limit)
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            lead = self._current(conn, lead_id, attempt, "offer to")
+            if lead.kind is Kind.TASK or lead.closing_at is not None:
+                return []
+            due = {"group_id": lead.group_id, "now": now}
+            if conn.execute(q.GROUP_DUE_TASK, due).fetchone() is not None:
+                return []
+            rows = conn.execute(
+                q.GROUP_MESSAGES, {"group_id": lead.group_id, "limit": limit}
+            ).fetchall()
+            offered = []
+            for job_id, _ in rows:
+                row = conn.execute(
+                    q.OFFER_JOB, {"job_id": job_id, "lead": lead_id}
+                ).fetchone()
+                job = _job(row)
+                self._event(
+                    conn,
+                    job.id,
+                    now,
+                    Status.WAITING,
+                    Status.WAITING,
+                    job.attempt,
+                    f"offered to job {lead_id} attempt {attempt}",
+                )
+                offered.append(job)
+        return offered
+
+    def record_output(self, lead: Job, start: int, lines: list[str]) -> Output:
+        """Record output lines ``start``… of a lead's current attempt, in one
+        transaction: replies into the outbox, the read position, and the
+        agent's signals — ``received`` makes an offered follow-up a member
+        of the attempt, ``idle`` marks the lead idle (until it receives
+        more).  Reading the same lines again records nothing twice."""
+        received: list[Job] = []
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            added, signals = write_output(conn, lead, start, lines, now)
+            idle: object = Queue._KEEP
+            for signal in signals:
+                if signal.kind == "idle":
+                    idle = now
+                elif signal.job_id is not None:
+                    job = self._receive(conn, lead, signal.job_id, now)
+                    if job is not None:
+                        received.append(job)
+                        idle = None
+            if idle is not Queue._KEEP:
+                conn.execute(
+                    q.MARK_IDLE,
+                    {"job_id": lead.id, "attempt": lead.attempt, "at": idle},
+                )
+            current = _job(conn.execute(q.SELECT_JOB, {"job_id": lead.id}).fetchone())
+        return Output(
+            replies=added,
+            received=received,
+            idle_since=current.idle_since,
+            closing_at=current.closing_at,
+        )
+
+    def request_close(self, lead_id: int, attempt: int, reason: str) -> Job:
+        """Record that moorage asks the lead's agent to close (once per
+        attempt; asking again changes nothing).  From here nothing more is
+        offered to it, and however it exits the attempt counts as done: it
+        is only asked when idle, with everything it took answered."""
+        with self.db.transaction() as conn:
+            now = self.clock.now()
+            row = conn.execute(
+                q.CLOSE_JOB, {"job_id": lead_id, "attempt": attempt, "now": now}
+            ).fetchone()
+            if row is None:
+                return self._current(conn, lead_id, attempt, "close")
+            self._event(
+                conn,
+                lead_id,
+                now,
+                Status.ACTIVE,
+                Status.ACTIVE,
+                attempt,
+                f"asked to close ({reason})",
+            )
+        return _job(row)
 
     def cancel(self, job_id: int) -> Job:
         """Withdraw a waiting job.  Active jobs cannot be cancelled here."""
@@ -465,6 +701,11 @@ class Queue:
             row = conn.execute(q.CANCEL_JOB, {"job_id": job_id, "now": now}).fetchone()
             if row is None:
                 job = self._get(conn, job_id)
+                if job.status is Status.WAITING:
+                    raise InvalidTransition(
+                        f"job {job_id} is being offered to the running attempt of "
+                        f"job {job.batch_of}; it cannot be cancelled now"
+                    )
                 raise InvalidTransition(
                     f"job {job_id} is {job.status.value}; only waiting jobs can be cancelled"
                 )
@@ -652,14 +893,161 @@ class Queue:
         self, conn: sqlite3.Connection, job_id: int, attempt: int, verb: str
     ) -> Job:
         job = self._get(conn, job_id)
-        if job.status is not Status.ACTIVE or job.attempt != attempt:
+        if (
+            job.status is not Status.ACTIVE
+            or job.attempt != attempt
+            or job.batch_of is not None
+        ):
             self._stale(conn, job_id, attempt, verb)
         return job
+
+    def _receive(
+        self, conn: sqlite3.Connection, lead: Job, job_id: int, now: float
+    ) -> Job | None:
+        row = conn.execute(
+            q.RECEIVE_JOB,
+            {
+                "job_id": job_id,
+                "lead": lead.id,
+                "now": now,
+                "container_id": lead.container_id,
+            },
+        ).fetchone()
+        if row is None:  # not offered to this attempt, or received already
+            return None
+        job = _job(row)
+        self._event(
+            conn,
+            job.id,
+            now,
+            Status.WAITING,
+            Status.ACTIVE,
+            job.attempt,
+            f"received by job {lead.id} attempt {lead.attempt}",
+        )
+        self._refresh_lane(conn, lead.group_id, now, waiting_delta=-1)
+        return job
+
+    def _settle_members(
+        self,
+        conn: sqlite3.Connection,
+        lead: Job,
+        now: float,
+        status: Status,
+        error: str | None,
+    ) -> None:
+        """Members share their lead's final outcome; offers not received go
+        back in line."""
+        rows = conn.execute(
+            q.FINISH_MEMBERS,
+            {"lead": lead.id, "status": status.value, "now": now, "error": error},
+        ).fetchall()
+        for member, member_attempt in rows:
+            self._event(
+                conn,
+                member,
+                now,
+                Status.ACTIVE,
+                status,
+                member_attempt,
+                f"{status.value} with job {lead.id} attempt {lead.attempt}",
+            )
+        self._withdraw_offers(conn, lead, now)
+
+    def _requeue_members(
+        self,
+        conn: sqlite3.Connection,
+        lead: Job,
+        now: float,
+        error: str,
+        *,
+        spent: int,
+    ) -> int:
+        """Members go back to waiting with their lead, due when it is (a
+        retry retries the whole batch).  Returns how many."""
+        rows = conn.execute(
+            q.REQUEUE_MEMBERS,
+            {
+                "lead": lead.id,
+                "run_after": lead.run_after,
+                "spent": spent,
+                "error": error,
+            },
+        ).fetchall()
+        for member, member_attempt in rows:
+            self._event(
+                conn,
+                member,
+                now,
+                Status.ACTIVE,
+                Status.WAITING,
+                member_attempt,
+                f"back to waiting with job {lead.id} attempt {lead.attempt}",
+            )
+        self._withdraw_offers(conn, lead, now)
+        return len(rows)
+
+    def _withdraw_offers(self, conn: sqlite3.Connection, lead: Job, now: float) -> None:
+        for job_id, job_attempt in conn.execute(q.WITHDRAW_OFFERS, {"lead": lead.id}):
+            self._event(
+                conn,
+                job_id,
+                now,
+                Status.WAITING,
+                Status.WAITING,
+                job_attempt,
+                f"not received by job {lead.id} attempt {lead.attempt}; back in line",
+            )
+
+    def _schedule_next(self, conn: sqlite3.Connection, job: Job, now: float) -> None:
+        """Create a recurring task's next occurrence, in the transaction that
+        finishes this one: a crash can neither skip it nor make it twice (and
+        the unique indexes on ``follows`` and on the slot forbid a double)."""
+        if job.repeat is None or job.series_id is None:
+            return
+        if conn.execute(q.HAS_SUCCESSOR, {"job_id": job.id}).fetchone() is not None:
+            return  # a revived occurrence that already had its successor
+        current_slot = job.scheduled_for if job.scheduled_for is not None else now
+        slot = parse_repeat(job.repeat).next_slot(current_slot, now)
+        taken = {"series_id": job.series_id, "slot": slot}
+        if conn.execute(q.SLOT_TAKEN, taken).fetchone() is not None:
+            return
+        successor = self._insert(
+            conn,
+            now,
+            {
+                "group_id": job.group_id,
+                "kind": job.kind.value,
+                "priority": int(job.priority),
+                "text": job.message_text,
+                "chat_jid": job.chat_jid,
+                "run_after": slot,
+                "max_retries": job.max_retries,
+                "timeout": job.timeout,
+                "repeat": job.repeat,
+                "series_id": job.series_id,
+                "scheduled_for": slot,
+                "follows": job.id,
+            },
+            f"next occurrence after job {job.id}",
+        )
+        logger.info(
+            "scheduled job %d (next of series %d) for %.0f",
+            successor.id,
+            job.series_id,
+            slot,
+            extra={"action": "schedule", "job": successor.id, "group": job.group_id},
+        )
 
     def _stale(
         self, conn: sqlite3.Connection, job_id: int, attempt: int, verb: str
     ) -> None:
         job = self._get(conn, job_id)
+        if job.batch_of is not None and job.status is Status.ACTIVE:
+            raise InvalidTransition(
+                f"cannot {verb} job {job_id}: it runs in the attempt of job "
+                f"{job.batch_of}, which decides its outcome; nothing changed"
+            )
         raise StaleAttempt(
             f"cannot {verb} job {job_id} attempt {attempt}: the job is {job.status.value} "
             f"at attempt {job.attempt}; nothing changed"

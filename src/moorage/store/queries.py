@@ -6,15 +6,18 @@ Named parameters throughout; nothing is ever formatted into SQL text.
 JOB_COLUMNS = (
     "id, group_id, kind, status, priority, message_text, chat_jid, enqueued_at, "
     "run_after, started_at, finished_at, attempt, retry_count, max_retries, timeout, "
-    "container_id, last_error"
+    "container_id, last_error, batch_of, idle_since, closing_at, repeat, series_id, "
+    "scheduled_for, follows"
 )
 
 #: Add a new waiting job; returns it whole.
 INSERT_JOB = f"""
 INSERT INTO jobs (group_id, kind, status, priority, message_text, chat_jid,
-                  enqueued_at, run_after, max_retries, timeout)
+                  enqueued_at, run_after, max_retries, timeout,
+                  repeat, series_id, scheduled_for, follows)
 VALUES (:group_id, :kind, 'waiting', :priority, :text, :chat_jid,
-        :now, :run_after, :max_retries, :timeout)
+        :now, :run_after, :max_retries, :timeout,
+        :repeat, :series_id, :scheduled_for, :follows)
 RETURNING {JOB_COLUMNS}
 """
 
@@ -88,8 +91,8 @@ SELECT max(run_after) FROM jobs
 WHERE group_id = :group_id AND status = 'waiting' AND retry_count > 0 AND run_after > :now
 """
 
-#: Number of active jobs (for the global cap).
-COUNT_ACTIVE = "SELECT count(*) FROM jobs WHERE status = 'active'"
+#: Number of running attempts (active leads; batch members ride along) for the cap.
+COUNT_ACTIVE = "SELECT count(*) FROM jobs WHERE status = 'active' AND batch_of IS NULL"
 
 #: Free groups with a due job, most urgent first (uses lanes_free_by_rank).
 READY_LANES = """
@@ -103,25 +106,122 @@ NEXT_READY_AT = """
 SELECT min(ready_at) FROM lanes WHERE active_job IS NULL AND waiting > 0
 """
 
-#: Move one waiting job to active under a new attempt number.
+#: Move one waiting job to active under a new attempt number, as a lead.
 CLAIM_JOB = f"""
 UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
-                finished_at = NULL, container_id = NULL, output_position = 0
+                finished_at = NULL, container_id = NULL, output_position = 0,
+                batch_of = NULL, idle_since = NULL, closing_at = NULL
 WHERE id = :job_id AND status = 'waiting'
 RETURNING {JOB_COLUMNS}
 """
 
+#: Move one waiting message to active as a member of its lead's batch.
+CLAIM_MEMBER = f"""
+UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
+                finished_at = NULL, container_id = NULL, output_position = 0,
+                batch_of = :lead
+WHERE id = :job_id AND status = 'waiting'
+RETURNING {JOB_COLUMNS}
+"""
+
+#: A group's waiting messages not offered to a running attempt, oldest first,
+#: with their size in bytes (the candidates for a batch or a follow-up).
+GROUP_MESSAGES = """
+SELECT id, length(CAST(message_text AS BLOB)) FROM jobs
+WHERE group_id = :group_id AND status = 'waiting' AND kind = 'message'
+  AND batch_of IS NULL
+ORDER BY id LIMIT :limit
+"""
+
+#: The members riding on a lead's current attempt, in order.
+BATCH_MEMBERS = f"""
+SELECT {JOB_COLUMNS} FROM jobs WHERE batch_of = :lead AND status = 'active' ORDER BY id
+"""
+
+#: The follow-ups offered to a lead's running attempt and not yet received.
+OFFERED = f"""
+SELECT {JOB_COLUMNS} FROM jobs WHERE batch_of = :lead AND status = 'waiting' ORDER BY id
+"""
+
+#: Offer a waiting message to a lead's running attempt as a follow-up.
+OFFER_JOB = f"""
+UPDATE jobs SET batch_of = :lead
+WHERE id = :job_id AND status = 'waiting' AND kind = 'message' AND batch_of IS NULL
+RETURNING {JOB_COLUMNS}
+"""
+
+#: The agent took an offered follow-up: it joins the attempt as a member.
+RECEIVE_JOB = f"""
+UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
+                container_id = :container_id, output_position = 0
+WHERE id = :job_id AND status = 'waiting' AND batch_of = :lead
+RETURNING {JOB_COLUMNS}
+"""
+
+#: Follow-ups never received go back in line, in their old place.
+WITHDRAW_OFFERS = """
+UPDATE jobs SET batch_of = NULL WHERE batch_of = :lead AND status = 'waiting'
+RETURNING id, attempt
+"""
+
+#: Members share their lead's final outcome.
+FINISH_MEMBERS = """
+UPDATE jobs SET status = :status, finished_at = :now, last_error = :error
+WHERE batch_of = :lead AND status = 'active'
+RETURNING id, attempt
+"""
+
+#: Members go back to waiting with their lead (a retry retries the batch).
+REQUEUE_MEMBERS = """
+UPDATE jobs SET status = 'waiting', batch_of = NULL, run_after = :run_after,
+                retry_count = retry_count + :spent, last_error = :error
+WHERE batch_of = :lead AND status = 'active'
+RETURNING id, attempt
+"""
+
+#: Members run in their lead's container.
+START_MEMBERS = """
+UPDATE jobs SET container_id = :container_id WHERE batch_of = :lead AND status = 'active'
+"""
+
+#: Note when a lead's agent said it was idle (NULL: it took new work).
+MARK_IDLE = """
+UPDATE jobs SET idle_since = :at
+WHERE id = :job_id AND attempt = :attempt AND status = 'active'
+"""
+
+#: Record that moorage asked a lead's agent to close (once per attempt).
+CLOSE_JOB = f"""
+UPDATE jobs SET closing_at = :now
+WHERE id = :job_id AND attempt = :attempt AND status = 'active' AND batch_of IS NULL
+  AND closing_at IS NULL
+RETURNING {JOB_COLUMNS}
+"""
+
+#: A recurring task starts its own series.
+START_SERIES = f"""
+UPDATE jobs SET series_id = id WHERE id = :job_id RETURNING {JOB_COLUMNS}
+"""
+
+#: Whether an occurrence already has its successor.
+HAS_SUCCESSOR = "SELECT id FROM jobs WHERE follows = :job_id"
+
+#: Whether a series already has an occurrence for a slot.
+SLOT_TAKEN = (
+    "SELECT id FROM jobs WHERE series_id = :series_id AND scheduled_for = :slot"
+)
+
 #: Record the container running the current attempt (fenced by attempt).
 START_JOB = f"""
 UPDATE jobs SET container_id = :container_id
-WHERE id = :job_id AND status = 'active' AND attempt = :attempt
+WHERE id = :job_id AND status = 'active' AND attempt = :attempt AND batch_of IS NULL
 RETURNING {JOB_COLUMNS}
 """
 
 #: Move the current attempt's job to a final status (fenced by attempt).
 FINISH_JOB = f"""
 UPDATE jobs SET status = :status, finished_at = :now, last_error = :error
-WHERE id = :job_id AND status = 'active' AND attempt = :attempt
+WHERE id = :job_id AND status = 'active' AND attempt = :attempt AND batch_of IS NULL
 RETURNING {JOB_COLUMNS}
 """
 
@@ -129,20 +229,21 @@ RETURNING {JOB_COLUMNS}
 REQUEUE_JOB = f"""
 UPDATE jobs SET status = 'waiting', run_after = :run_after, retry_count = :retry_count,
                 last_error = :error
-WHERE id = :job_id AND status = 'active' AND attempt = :attempt
+WHERE id = :job_id AND status = 'active' AND attempt = :attempt AND batch_of IS NULL
 RETURNING {JOB_COLUMNS}
 """
 
-#: Withdraw a waiting job.
+#: Withdraw a waiting job (not one offered to a running attempt).
 CANCEL_JOB = f"""
 UPDATE jobs SET status = 'cancelled', finished_at = :now
-WHERE id = :job_id AND status = 'waiting'
+WHERE id = :job_id AND status = 'waiting' AND batch_of IS NULL
 RETURNING {JOB_COLUMNS}
 """
 
 #: Revive a failed or cancelled job with a fresh retry budget.
 RETRY_JOB = f"""
-UPDATE jobs SET status = 'waiting', run_after = :now, retry_count = 0, finished_at = NULL
+UPDATE jobs SET status = 'waiting', run_after = :now, retry_count = 0, finished_at = NULL,
+                batch_of = NULL
 WHERE id = :job_id AND status IN ('failed', 'cancelled')
 RETURNING {JOB_COLUMNS}
 """
@@ -156,8 +257,11 @@ SELECT id, job_id, at, from_status, to_status, attempt, detail
 FROM events WHERE job_id = :job_id ORDER BY id
 """
 
-#: Every active job, oldest claim first.
-SELECT_ACTIVE = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'active' ORDER BY id"
+#: Every running attempt's lead job, oldest first (members ride along).
+SELECT_ACTIVE = (
+    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'active' AND batch_of IS NULL "
+    "ORDER BY id"
+)
 
 #: Number of jobs in each status.
 COUNT_BY_STATUS = "SELECT status, count(*) FROM jobs GROUP BY status"
@@ -218,4 +322,12 @@ JOB_REPLIES = """
 SELECT id, job_id, attempt, position, group_id, chat_jid, kind, text, created_at, tries,
        delivered_at
 FROM replies WHERE job_id = :job_id ORDER BY attempt, position
+"""
+
+# -- operator's view ---------------------------------------------------------
+
+#: Replies recorded per minute since a cut-off; minute 0 is the one ending now.
+REPLIES_PER_MINUTE = """
+SELECT CAST((:now - created_at) / 60 AS INTEGER) AS minute, count(*)
+FROM replies WHERE created_at > :since AND kind = 'reply' GROUP BY minute
 """

@@ -110,4 +110,55 @@ MIGRATIONS: list[str] = [
     -- Replies per minute for the status page, without a scan of the outbox.
     CREATE INDEX replies_by_created ON replies (created_at);
     """,
+    # 4: conversations (batches, follow-ups, idle close), recurring tasks, and
+    #    a leaner write path (finished jobs only in the by-status index).
+    """
+    -- The lead job whose attempt carries this one: a batch member (active,
+    -- completed, failed) or a follow-up offered to a running attempt and not
+    -- yet received (waiting).
+    ALTER TABLE jobs ADD COLUMN batch_of INTEGER;
+    -- A lead's agent said it was idle at this time (NULL: busy).
+    ALTER TABLE jobs ADD COLUMN idle_since REAL;
+    -- moorage asked the lead's agent to close at this time.
+    ALTER TABLE jobs ADD COLUMN closing_at REAL;
+    -- A recurring task: its recurrence ('every <seconds>' or 'cron <expr>'),
+    -- the id of its series' first occurrence, the slot this occurrence is
+    -- for, and the occurrence it follows.
+    ALTER TABLE jobs ADD COLUMN repeat TEXT;
+    ALTER TABLE jobs ADD COLUMN series_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN scheduled_for REAL;
+    ALTER TABLE jobs ADD COLUMN follows INTEGER;
+
+    -- Invariant 2 with batches: one active *lead* per group; members ride
+    -- on their lead's attempt and the trigger below ties them to it.
+    DROP INDEX jobs_one_active_per_group;
+    CREATE UNIQUE INDEX jobs_one_active_per_group ON jobs (group_id)
+        WHERE status = 'active' AND batch_of IS NULL;
+    CREATE INDEX jobs_in_batch ON jobs (batch_of, id) WHERE batch_of IS NOT NULL;
+    CREATE TRIGGER jobs_member_needs_lead
+    BEFORE UPDATE OF status, batch_of ON jobs
+    WHEN NEW.status = 'active' AND NEW.batch_of IS NOT NULL
+    BEGIN
+        SELECT RAISE(ABORT, 'a batch member needs an active lead in its own group')
+        WHERE NOT EXISTS (
+            SELECT 1 FROM jobs AS lead
+            WHERE lead.id = NEW.batch_of AND lead.status = 'active'
+              AND lead.batch_of IS NULL AND lead.group_id = NEW.group_id
+        );
+    END;
+
+    -- A series never has two occurrences for one slot, and an occurrence
+    -- never has two successors.
+    CREATE UNIQUE INDEX jobs_series_slot ON jobs (series_id, scheduled_for)
+        WHERE series_id IS NOT NULL;
+    CREATE UNIQUE INDEX jobs_one_successor ON jobs (follows)
+        WHERE follows IS NOT NULL;
+
+    -- Only finished jobs need ordering by age (prune, listing); waiting and
+    -- active ones are found through their partial indexes.  Keeping them out
+    -- spares every enqueue and claim an index write.
+    DROP INDEX jobs_by_status;
+    CREATE INDEX jobs_finished ON jobs (status, finished_at)
+        WHERE finished_at IS NOT NULL;
+    """,
 ]
