@@ -83,6 +83,11 @@ def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
 )
 @click.option("--http-token", default=None, envvar="MOORAGE_HTTP_TOKEN")
 @click.option(
+    "--idle-timeout",
+    default=None,
+    help="Ask an agent that said it is idle to close after this long, e.g. 60s.",
+)
+@click.option(
     "--drain", is_flag=True, help="On SIGTERM wait for active jobs to finish."
 )
 @click.pass_context
@@ -98,6 +103,7 @@ def serve(
     webhook_url: str | None,
     http: str | None,
     http_token: str | None,
+    idle_timeout: str | None,
     drain: bool,
 ) -> None:
     """Run the queue: recover, then claim, run and watch jobs until stopped.
@@ -118,6 +124,7 @@ def serve(
         webhook_url=webhook_url,
         http=http,
         http_token=http_token,
+        idle_timeout=idle_timeout,
     )
     serve_module.serve(_state(ctx).data_dir, settings, drain=drain)
 

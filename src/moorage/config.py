@@ -34,6 +34,8 @@ _DURATIONS = {
     "completed_ttl",
     "failed_ttl",
     "stop_grace",
+    "idle_timeout",
+    "close_grace",
 }
 
 
@@ -66,6 +68,11 @@ class ServeConfig:
     http: str | None = None  # HOST:PORT to serve the HTTP API on
     http_token: str | None = None
     synchronous: str = "FULL"
+    batch_messages: int = 10  # waiting messages one attempt takes at its start
+    batch_kib: int = 1024  # and their total size
+    follow_ups: bool = True  # offer new messages to a running attempt
+    idle_timeout: float = 60.0  # ask an idle agent to close after this
+    close_grace: float = 15.0  # stop it this long after asking
 
     def __post_init__(self) -> None:
         if self.runtime not in ("auto", "docker", "process"):
@@ -74,6 +81,8 @@ class ServeConfig:
             )
         if self.max_concurrent < 1:
             raise ConfigError("max_concurrent must be at least 1")
+        if self.batch_messages < 1 or self.batch_kib < 1:
+            raise ConfigError("batch_messages and batch_kib must be at least 1")
         if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("synchronous must be FULL, NORMAL or EXTRA")
         for name in _DURATIONS:

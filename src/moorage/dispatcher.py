@@ -9,6 +9,14 @@ test can call ``step`` by hand with a fake clock and an in-memory runtime.
 
 Before the first step, :meth:`Dispatcher.recover` reconciles everything an
 earlier process left behind (see :mod:`moorage.recovery`).
+
+Conversations: an attempt of a message starts with its group's waiting
+messages as one batch; messages that arrive while it runs are offered to it
+as follow-ups (files in its inbox); an agent that says it is idle is asked to
+close after ``idle_timeout`` (at once when a task of its group is due, or
+when moorage drains), and stopped ``close_grace`` later if it has not exited.
+Every step of that is recorded in the queue before it is acted on, so a
+restarted moorage finishes it without losing or repeating a message.
 """
 
 from __future__ import annotations
@@ -18,15 +26,15 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moorage.clock import Clock, SystemClock
 from moorage.delivery import Deliverer
 from moorage.errors import ContainerNotFound, EngineUnavailable, RuntimeFailure
 from moorage.metrics import Metrics
-from moorage.models import Job
+from moorage.models import Job, Kind
 from moorage.outbox import Outbox
-from moorage.queue import DAY, Queue, StaleAttempt
+from moorage.queue import DAY, Batch, Queue, StaleAttempt
 from moorage.recovery import Action, ActionKind, RecoveryReport, plan
 from moorage.runtime.base import (
     AttemptSpec,
@@ -61,6 +69,24 @@ class DispatchSettings:
     mounts: Sequence[Mount] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     read_only_rootfs: bool = False
+    batch_messages: int = 10  # messages one attempt takes at its start
+    batch_bytes: int = 1024 * 1024
+    follow_ups: bool = True  # offer new messages to a running attempt
+    idle_timeout: float = 60.0  # an agent idle this long is asked to close
+    close_grace: float = 15.0  # then stopped if it has not exited
+
+    @property
+    def batch(self) -> Batch:
+        return Batch(messages=self.batch_messages, bytes=self.batch_bytes)
+
+
+#: Inbox name of the request to close.
+CLOSE_NAME = "close.json"
+
+
+def inbox_name(job_id: int) -> str:
+    """Inbox name of a follow-up: in name order = in enqueue order."""
+    return f"message-{job_id:012d}.json"
 
 
 @dataclass
@@ -69,6 +95,13 @@ class _Watch:
     ref: str
     position: int
     timed_out: bool = False
+    #: Started by this process: nothing was delivered to it before.  False
+    #: after a reclaim: a file is looked for before it is written again.
+    fresh: bool = True
+    delivered: set[str] = field(default_factory=set)
+    pending: dict[int, Job] = field(default_factory=dict)  # offered, not received
+    offered_at: float = 0.0
+    stopping: bool = False
 
 
 class Dispatcher:
@@ -155,7 +188,14 @@ class Dispatcher:
         if job.container_id != container.ref:
             job = self.queue.start(job.id, job.attempt, container.ref)
         self.queue.reclaim(job.id, job.attempt, f"reclaimed {container.name}")
-        self.watched[job.id] = _Watch(job, container.ref, self.outbox.position(job))
+        self.watched[job.id] = _Watch(
+            job,
+            container.ref,
+            self.outbox.position(job),
+            fresh=False,
+            pending={j.id: j for j in self.queue.offered(job.id)},
+            offered_at=self.clock.now(),
+        )
         logger.info(
             "reclaimed job %d attempt %d in %s",
             job.id,
@@ -244,6 +284,7 @@ class Dispatcher:
 
     def _poll(self, containers: list[ContainerInfo], now: float) -> None:
         by_attempt = {(c.job_id, c.attempt): c for c in containers}
+        waiting = self.queue.busy_groups() if self.watched else {}
         for watch in list(self.watched.values()):
             container = by_attempt.get((watch.job.id, watch.job.attempt))
             if container is None or container.state is ContainerState.MISSING:
@@ -253,7 +294,8 @@ class Dispatcher:
             self._read(watch)
             if container.state is ContainerState.EXITED:
                 self._settle(watch.job, container, watch.position, watch.timed_out)
-            elif (
+                continue
+            if (
                 container.deadline is not None
                 and now >= container.deadline
                 and not watch.timed_out
@@ -271,6 +313,8 @@ class Dispatcher:
                     },
                 )
                 self.runtime.stop(container.ref, self.settings.stop_grace)
+            elif container.state is ContainerState.RUNNING and not watch.timed_out:
+                self._converse(watch, waiting.get(watch.job.group_id, 0), now)
 
     def _read(self, watch: _Watch) -> None:
         try:
@@ -278,21 +322,146 @@ class Dispatcher:
         except ContainerNotFound:
             return
         if lines:
-            if self.outbox.record(watch.job, watch.position, lines) and self.deliverer:
-                self.deliverer.wake()
+            self._record(watch.job, watch.position, lines, watch)
             watch.position += len(lines)
+
+    def _record(
+        self, job: Job, position: int, lines: list[str], watch: _Watch | None
+    ) -> None:
+        output = self.queue.record_output(job, position, lines)
+        if output.replies and self.deliverer is not None:
+            self.deliverer.wake()
+        if watch is not None:
+            watch.job = replace(
+                watch.job, idle_since=output.idle_since, closing_at=output.closing_at
+            )
+            for job_received in output.received:
+                watch.pending.pop(job_received.id, None)
+        for job_received in output.received:
+            logger.info(
+                "job %d joined attempt %d of job %d",
+                job_received.id,
+                job.attempt,
+                job.id,
+                extra={
+                    "action": "receive",
+                    "job": job_received.id,
+                    "group": job.group_id,
+                    "attempt": job.attempt,
+                },
+            )
+
+    # -- conversations -------------------------------------------------------------
+
+    def _converse(self, watch: _Watch, waiting: int, now: float) -> None:
+        """Offer follow-ups to a running attempt, or close it when idle."""
+        job = watch.job
+        if job.closing_at is not None:
+            self._deliver_close(watch, "idle")
+            if not watch.stopping and now >= job.closing_at + self.settings.close_grace:
+                watch.stopping = True
+                logger.info(
+                    "job %d attempt %d did not close within %.0f s; stopping it",
+                    job.id,
+                    job.attempt,
+                    self.settings.close_grace,
+                    extra={"action": "close", "job": job.id, "container": watch.ref},
+                )
+                self.runtime.stop(watch.ref, self.settings.stop_grace)
+            return
+        for pending in list(watch.pending.values()):
+            self._deliver_message(watch, pending)
+        reason = self._close_reason(watch, waiting, now)
+        if reason is not None:
+            watch.job = self.queue.request_close(job.id, job.attempt, reason)
+            logger.info(
+                "asking job %d attempt %d to close (%s)",
+                job.id,
+                job.attempt,
+                reason,
+                extra={"action": "close", "job": job.id, "group": job.group_id},
+            )
+            self._deliver_close(watch, reason)
+            return
+        if (
+            self.settings.follow_ups
+            and job.kind is Kind.MESSAGE
+            and not self.draining
+            and waiting > len(watch.pending)
+        ):
+            offered = self.queue.offer(
+                job.id, job.attempt, self.settings.batch_messages
+            )
+            for follow_up in offered:
+                watch.pending[follow_up.id] = follow_up
+                watch.offered_at = now
+                self._deliver_message(watch, follow_up)
+
+    def _close_reason(self, watch: _Watch, waiting: int, now: float) -> str | None:
+        idle_since = watch.job.idle_since
+        if idle_since is None:
+            return None
+        quiet = now - max(idle_since, watch.offered_at)
+        if watch.pending:
+            # The agent said it was idle but has not taken what was offered:
+            # it may not read its inbox.  Close it; the offers run next.
+            return "idle" if quiet >= self.settings.idle_timeout else None
+        if watch.job.kind is Kind.TASK:
+            return "idle"  # a task has nothing more to wait for
+        if self.draining:
+            return "shutdown"
+        if quiet >= self.settings.idle_timeout:
+            return "idle"
+        if waiting > 0 and self.queue.due_task(watch.job.group_id):
+            return "task"
+        return None
+
+    def _deliver_message(self, watch: _Watch, job: Job) -> None:
+        self._deliver(watch, inbox_name(job.id), message_entry(job))
+
+    def _deliver_close(self, watch: _Watch, reason: str) -> None:
+        self._deliver(watch, CLOSE_NAME, {"type": "close", "reason": reason})
+
+    def _deliver(self, watch: _Watch, name: str, document: dict[str, object]) -> None:
+        """Write an inbox file once.  After a reclaim, a file an earlier
+        process may have written is looked for first, so it is never written
+        twice; a failed write is tried again on the next step."""
+        if name in watch.delivered:
+            return
+        try:
+            if not watch.fresh and self.runtime.has_input(watch.ref, name):
+                watch.delivered.add(name)
+                return
+            self.runtime.deliver(watch.ref, name, document)
+        except ContainerNotFound:
+            return  # it exited: the next poll settles it
+        except EngineUnavailable:
+            raise
+        except RuntimeFailure as exc:
+            logger.warning(
+                "could not deliver %s to job %d: %s; trying again",
+                name,
+                watch.job.id,
+                exc,
+                extra={"action": "deliver", "job": watch.job.id},
+            )
+            return
+        watch.delivered.add(name)
 
     def _settle(
         self, job: Job, container: ContainerInfo, position: int, timed_out: bool
     ) -> None:
         """Record an exited attempt's remaining output and outcome, then remove
         its container (evidence is kept until the outcome is committed)."""
-        self.watched.pop(job.id, None)
+        watch = self.watched.pop(job.id, None)
         try:
             lines = self.runtime.read_output(container.ref, position)
         except ContainerNotFound:
             lines = []
-        self.outbox.record(job, position, lines)
+        if lines:
+            self._record(job, position, lines, watch)
+        if watch is not None:
+            job = watch.job
         elapsed = ""
         if container.started_at and container.finished_at:
             elapsed = f" in {container.finished_at - container.started_at:.1f} s"
@@ -300,7 +469,17 @@ class Dispatcher:
         if container.started_at and container.finished_at:
             seconds = container.finished_at - container.started_at
         try:
-            if timed_out or container.timed_out:
+            if job.closing_at is not None:
+                # Asked to close while idle: everything it took was answered,
+                # however it ends now.
+                code = (
+                    "stopped"
+                    if container.exit_code is None
+                    else f"exit {container.exit_code}"
+                )
+                self.queue.finish(job.id, job.attempt, f"closed ({code}){elapsed}")
+                self._count("completed", seconds)
+            elif timed_out or container.timed_out:
                 limit = self._timeout_of(job)
                 self.queue.fail(job.id, job.attempt, f"timed out after {limit:g} s")
                 self._count("timed_out", seconds)
@@ -368,7 +547,7 @@ class Dispatcher:
     # -- starting attempts -------------------------------------------------------
 
     def _claim_and_start(self) -> None:
-        jobs = self.queue.claim(self.settings.max_concurrent)
+        jobs = self.queue.claim(self.settings.max_concurrent, batch=self.settings.batch)
         if jobs and self.metrics is not None:
             self.metrics.claimed(len(jobs))
             for job in jobs:
@@ -410,7 +589,7 @@ class Dispatcher:
             job_id=job.id,
             attempt=job.attempt,
             group_id=job.group_id,
-            input=input_document(job),
+            input=input_document(job, self.queue.members(job.id)),
             image=s.image,
             command=command,
             env=s.env,
@@ -466,18 +645,22 @@ class Dispatcher:
         return True
 
 
-def input_document(job: Job) -> dict[str, object]:
-    """The JSON document an attempt's container reads at its input path."""
+def message_entry(job: Job) -> dict[str, object]:
+    """One message as an agent sees it, in its input or in its inbox."""
+    return {
+        "id": job.id,
+        "chat_jid": job.chat_jid,
+        "kind": job.kind.value,
+        "text": job.message_text,
+    }
+
+
+def input_document(job: Job, members: Sequence[Job] = ()) -> dict[str, object]:
+    """The JSON document an attempt's container reads at its input path: the
+    lead job and the members of its batch, in order."""
     return {
         "job": job.id,
         "attempt": job.attempt,
         "group": job.group_id,
-        "messages": [
-            {
-                "id": job.id,
-                "chat_jid": job.chat_jid,
-                "kind": job.kind.value,
-                "text": job.message_text,
-            }
-        ],
+        "messages": [message_entry(j) for j in (job, *members)],
     }

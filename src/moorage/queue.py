@@ -586,6 +586,12 @@ class Queue:
         with self.db.reading() as conn:
             return [_job(r) for r in conn.execute(q.BATCH_MEMBERS, {"lead": lead_id})]
 
+    def busy_groups(self) -> dict[str, int]:
+        """Groups with a running attempt and waiting jobs: group -> waiting
+        (offered follow-ups included)."""
+        with self.db.reading() as conn:
+            return dict(conn.execute(q.BUSY_LANES).fetchall())
+
     def offered(self, lead_id: int) -> list[Job]:
         """Follow-ups offered to a lead's running attempt, not yet received."""
         with self.db.reading() as conn:

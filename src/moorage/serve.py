@@ -117,6 +117,11 @@ def dispatch_settings(config: ServeConfig) -> DispatchSettings:
         mounts=[parse_mount(m) for m in config.mounts],
         env=config.env,
         read_only_rootfs=config.read_only_rootfs,
+        batch_messages=config.batch_messages,
+        batch_bytes=config.batch_kib * 1024,
+        follow_ups=config.follow_ups,
+        idle_timeout=config.idle_timeout,
+        close_grace=config.close_grace,
     )
 
 
@@ -135,10 +140,13 @@ def serve(
         queue = Queue.open(data_dir, synchronous=config.synchronous)  # type: ignore[arg-type]
         runtime = make_runtime(config, queue.install_id, data_dir)
         settings = dispatch_settings(config)
-        deliverer = Deliverer(
-            Outbox(queue.db), sink or make_sink(config, data_dir), queue.install_id
-        )
         metrics = Metrics()
+        deliverer = Deliverer(
+            Outbox(queue.db),
+            sink or make_sink(config, data_dir),
+            queue.install_id,
+            metrics=metrics,
+        )
         dispatcher = Dispatcher(
             queue, runtime, settings, deliverer=deliverer, metrics=metrics
         )

@@ -101,6 +101,11 @@ WHERE active_job IS NULL AND waiting > 0 AND ready_at <= :now
 ORDER BY rank_priority, rank_job LIMIT :limit
 """
 
+#: Groups with a running attempt and waiting jobs (candidates for follow-ups).
+BUSY_LANES = """
+SELECT group_id, waiting FROM lanes WHERE active_job IS NOT NULL AND waiting > 0
+"""
+
 #: The earliest moment any free group can start a job.
 NEXT_READY_AT = """
 SELECT min(ready_at) FROM lanes WHERE active_job IS NULL AND waiting > 0
