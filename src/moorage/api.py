@@ -68,12 +68,6 @@ RECENT_MINUTES = 10
 OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/",)
 
-#: Replies recorded per minute over the last minutes, newest minute first.
-_REPLIES_PER_MINUTE = """
-SELECT CAST((:now - created_at) / 60 AS INTEGER) AS minute, count(*)
-FROM replies WHERE created_at > :since AND kind = 'reply' GROUP BY minute
-"""
-
 
 # -- request and response bodies ------------------------------------------------
 
@@ -481,23 +475,10 @@ def _status(
         "last_recovery": recovery,
         "replies": {
             "undelivered": outbox.undelivered(),
-            "per_minute": _replies_per_minute(queue),
+            "per_minute": outbox.replies_per_minute(RECENT_MINUTES),
         },
         "recent_failures": [job.as_dict() for job in failures],
     }
-
-
-def _replies_per_minute(queue: Queue) -> list[int]:
-    now = queue.clock.now()
-    minutes = [0] * RECENT_MINUTES
-    with queue.db.reading() as conn:
-        rows = conn.execute(
-            _REPLIES_PER_MINUTE, {"now": now, "since": now - 60 * RECENT_MINUTES}
-        ).fetchall()
-    for minute, count in rows:
-        if 0 <= minute < RECENT_MINUTES:
-            minutes[minute] += count
-    return minutes
 
 
 def _not_ready_reason(dispatcher: Dispatcher | None) -> str | None:

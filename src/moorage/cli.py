@@ -19,22 +19,33 @@ import math
 import sys
 import traceback
 import unicodedata
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
+import httpx
 
 from moorage import __version__, validation
-from moorage.errors import InvalidInput, MoorageError, StoreError
+from moorage.errors import (
+    InvalidInput,
+    InvalidTransition,
+    JobNotFound,
+    MoorageError,
+    RemoteError,
+    ServerUnavailable,
+    StoreError,
+)
 from moorage.logs import LEVELS, LogFormat, configure_logging
-from moorage.models import Event, Job, Kind, Priority, Status
+from moorage.models import Event, GroupStatus, Job, Kind, Priority, QueueStatus, Status
 from moorage.queue import Queue
 from moorage.store.sqlite import DB_FILENAME, Synchronous
 
 EXIT_INTERRUPTED = 130
+#: Seconds to wait for a server given with ``--url`` (connect and each read).
+REMOTE_TIMEOUT = 10.0
 #: Largest id SQLite can store; larger ones would fail inside the driver.
 MAX_ID = 2**63 - 1
 PREVIEW_WIDTH = 40
@@ -237,11 +248,13 @@ def error_lines(error: BaseException, *, debug: bool = False) -> list[str]:
     lines.append(f"moorage: error: {message}")
     causes: list[str] = []
     cause = error.__cause__
-    while cause is not None and len(causes) < 5:
+    depth = 0
+    while cause is not None and len(causes) < 5 and depth < 10:
+        depth += 1
         text = " ".join(str(cause).split())
-        causes.append(
-            f"{type(cause).__name__}: {text}" if text else type(cause).__name__
-        )
+        line = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+        if not causes or causes[-1] != line:  # a library re-raising its own error
+            causes.append(line)
         cause = cause.__cause__
     if causes:
         lines.append("moorage: caused by: " + " <- ".join(causes))
@@ -429,6 +442,260 @@ def main(
     )
 
 
+# -- a running server -------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+#: The largest page of jobs the server hands out; longer lists take several.
+REMOTE_PAGE = 500
+
+
+def _server_url(value: object) -> str:
+    text = str(value).strip()
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise InvalidInput(f"{text!r} is not a URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidInput(f"{text!r} is not an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+SERVER_URL = CheckedType("url", _server_url)
+
+
+def remote_options(function: F) -> F:
+    """``--url`` and ``--token``: ask a running server instead of the data
+    directory."""
+    function = click.option(
+        "--token",
+        metavar="TOKEN",
+        envvar="MOORAGE_HTTP_TOKEN",
+        help="Bearer token for --url. Env: MOORAGE_HTTP_TOKEN (safer than the "
+        "flag, which other users can see in the process list).",
+    )(function)
+    return click.option(
+        "--url",
+        type=SERVER_URL,
+        envvar="MOORAGE_URL",
+        help="Ask the moorage server at this URL (like http://127.0.0.1:8750) "
+        "instead of reading --data-dir. Env: MOORAGE_URL.",
+    )(function)
+
+
+def _job_from(document: Any) -> Job:
+    """The job of a server's JSON; fields it does not send keep their default."""
+    values = {
+        f.name: document[f.name]
+        for f in fields(Job)
+        if f.default is MISSING or f.name in document
+    }
+    values["kind"] = Kind(document["kind"])
+    values["status"] = Status(document["status"])
+    values["priority"] = Priority.parse(document["priority"])
+    return Job(**values)
+
+
+def _event_from(document: Any) -> Event:
+    before = document["from_status"]
+    return Event(
+        id=document["id"],
+        job_id=document["job_id"],
+        at=document["at"],
+        from_status=None if before is None else Status(before),
+        to_status=Status(document["to_status"]),
+        attempt=document["attempt"],
+        detail=document["detail"],
+    )
+
+
+def _status_from(document: Any) -> QueueStatus:
+    groups = [
+        GroupStatus(g["group_id"], g["active_job"], g["waiting"])
+        for g in document["groups"]
+    ]
+    return QueueStatus(counts=dict(document["counts"]), groups=groups)
+
+
+def _error_body(response: httpx.Response) -> tuple[str | None, str]:
+    """The server's error code and message (with the first validation
+    details), or the HTTP reason phrase when the answer is not moorage's."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("message"), str):
+        return None, response.reason_phrase or "no explanation given"
+    message = body["message"]
+    details = body.get("details")
+    if isinstance(details, list):
+        parts = [
+            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}"
+            for d in details[:3]
+            if isinstance(d, dict)
+        ]
+        if parts:
+            message += f" ({'; '.join(parts)})"
+    code = body.get("error")
+    return (code if isinstance(code, str) else None), printable(message)
+
+
+class RemoteServer:
+    """The JSON API of a running ``moorage serve --http``.
+
+    Every failure is a :class:`MoorageError`: no answer is
+    :class:`ServerUnavailable`; a missing or wrong token, another refusal or
+    a server error is a :class:`RemoteError`.  The refusals a local command
+    knows too (no such job, a change the job's status does not allow, input
+    the server rejects) become :class:`JobNotFound`,
+    :class:`InvalidTransition` and :class:`InvalidInput`, so a command exits
+    with the same status whichever way it ran.
+    """
+
+    def __init__(
+        self, url: str, token: str | None, *, timeout: float = REMOTE_TIMEOUT
+    ) -> None:
+        headers = {"User-Agent": f"moorage/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = url
+        self.timeout = timeout
+        self.has_token = bool(token)
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def status(self) -> dict[str, Any]:
+        document = self.call("GET", "/v1/status")
+        self.decode(_status_from, document)  # refuse a foreign answer early
+        return cast(dict[str, Any], document)
+
+    def jobs(
+        self,
+        *,
+        status: str | None,
+        group_id: str | None,
+        limit: int,
+        before_id: int | None,
+    ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            params: dict[str, str | int] = {
+                "limit": min(limit - len(found), REMOTE_PAGE)
+            }
+            if status is not None:
+                params["status"] = status
+            if group_id is not None:
+                params["group_id"] = group_id
+            if before_id is not None:
+                params["before_id"] = before_id
+            page = self.call("GET", "/v1/jobs", params=params)
+            found += self.decode(lambda p: [self._checked(j) for j in p["jobs"]], page)
+            before_id = self.decode(lambda p: p["next_before_id"], page)
+            if before_id is None:
+                break
+        return found
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """``{"job", "events", "replies"}`` of one job."""
+        document = self.call("GET", f"/v1/jobs/{job_id}", job_id=job_id)
+        self.decode(lambda d: self._checked(d["job"]), document)
+        return cast(dict[str, Any], document)
+
+    def enqueue(self, body: dict[str, object]) -> dict[str, Any]:
+        """The new job, as the server sent it."""
+        return self._checked(self.call("POST", "/v1/jobs", json=body))
+
+    def change(self, job_id: int, verb: str) -> dict[str, Any]:
+        """``retry`` or ``cancel`` a job; the job as the server sent it."""
+        return self._checked(
+            self.call("POST", f"/v1/jobs/{job_id}/{verb}", job_id=job_id)
+        )
+
+    def _checked(self, document: Any) -> dict[str, Any]:
+        """A job document, once it is known to read as a job."""
+        self.decode(_job_from, document)
+        return cast(dict[str, Any], document)
+
+    def call(
+        self, method: str, path: str, *, job_id: int | None = None, **kwargs: Any
+    ) -> Any:
+        """The decoded JSON answer to one request; ``job_id`` is the job a
+        404 is about."""
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ServerUnavailable(
+                f"the server at {self.url} did not answer within {self.timeout:g} s"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"cannot reach a moorage server at {self.url}"
+            ) from exc
+        if not response.is_success:
+            raise self._refusal(response, job_id)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RemoteError(
+                f"{self.url} answered {method} {path} with something other "
+                "than JSON; is it a moorage server?",
+                status=response.status_code,
+            ) from exc
+
+    def decode(self, convert: Callable[[Any], T], document: Any) -> T:
+        """``convert(document)``; an answer of the wrong shape is a RemoteError."""
+        try:
+            return convert(document)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RemoteError(
+                f"the answer of {self.url} is not what moorage {__version__} "
+                "expects; is it a moorage server of the same version?"
+            ) from exc
+
+    def _refusal(self, response: httpx.Response, job_id: int | None) -> MoorageError:
+        status = response.status_code
+        code, message = _error_body(response)
+        if status == 401:
+            hint = (
+                "it refused the token given"
+                if self.has_token
+                else "give --token or set MOORAGE_HTTP_TOKEN"
+            )
+            return RemoteError(
+                f"the server at {self.url} requires a valid bearer token: {hint}",
+                status=status,
+                code=code,
+            )
+        if status == 404 and code == "not_found" and job_id is not None:
+            return JobNotFound(job_id)
+        if status == 409 and code is not None:
+            return InvalidTransition(message)
+        if status == 422 and code == "invalid_input":
+            return InvalidInput(message)
+        request = f"{response.request.method} {response.request.url.path}"
+        what = "failed" if status >= 500 else "refused"
+        return RemoteError(
+            f"the server at {self.url} {what} {request}: {status} {message}",
+            status=status,
+            code=code,
+        )
+
+
+def open_remote(
+    ctx: click.Context, url: str | None, token: str | None
+) -> RemoteServer | None:
+    """The server of ``--url``, closed when the command line finishes; None
+    when no URL was given (the command reads the data directory)."""
+    if url is None:
+        return None
+    server = RemoteServer(url, token)
+    ctx.find_root().call_on_close(server.close)
+    return server
+
+
 # -- commands ---------------------------------------------------------------------
 
 
@@ -474,6 +741,7 @@ def _read_stdin_text(limit: int) -> str:
     help="Failed attempts retried before the job fails [default: 5].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@remote_options
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -486,6 +754,8 @@ def enqueue(
     timeout: float | None,
     max_retries: int | None,
     as_json: bool,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """Add a job for GROUP and print its id.  TEXT '-' reads stdin."""
     if run_after is not None and kind != Kind.TASK:
@@ -493,36 +763,87 @@ def enqueue(
             "only tasks can be scheduled; messages run in their group's order",
             param_hint="'--run-after'",
         )
+    if max_retries is not None and url is not None:
+        raise click.BadParameter(
+            "cannot be sent to a server; its jobs get the default",
+            param_hint="'--max-retries'",
+        )
     limit = validation.DEFAULT_MAX_MESSAGE_BYTES
     body = _read_stdin_text(limit) if text == "-" else text
     # Checked before the database is opened (or created): rejected is unchanged.
     validation.message_text(body, limit)
 
-    job = open_queue(ctx).enqueue(
-        group,
-        body,
-        kind=kind,
-        chat_jid=chat_jid,
-        priority=priority,
-        run_after=run_after,
-        max_retries=max_retries,
-        timeout=timeout,
-    )
-    if as_json:
-        echo_json(job.as_dict())
+    server = open_remote(ctx, url, token)
+    if server is not None:
+        document = server.enqueue(
+            {
+                "group_id": group,
+                "text": body,
+                "kind": kind,
+                "priority": priority.lower(),
+                "chat_jid": chat_jid,
+                "run_after": run_after,
+                "timeout": timeout,
+            }
+        )
     else:
-        click.echo(job.id)
+        document = (
+            open_queue(ctx)
+            .enqueue(
+                group,
+                body,
+                kind=kind,
+                chat_jid=chat_jid,
+                priority=priority,
+                run_after=run_after,
+                max_retries=max_retries,
+                timeout=timeout,
+            )
+            .as_dict()
+        )
+    if as_json:
+        echo_json(document)
+    else:
+        click.echo(document["id"])
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@remote_options
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(
+    ctx: click.Context, as_json: bool, url: str | None, token: str | None
+) -> None:
     """Jobs by status, and per group its active job and waiting count."""
-    snapshot = open_queue(ctx, create=False).status()
-    if as_json:
-        echo_json(snapshot.as_dict())
+    server = open_remote(ctx, url, token)
+    if server is None:
+        snapshot = open_queue(ctx, create=False).status()
+        if as_json:
+            echo_json(snapshot.as_dict())
+        else:
+            _print_status(snapshot)
         return
+    document = server.status()
+    if as_json:
+        echo_json(document)
+        return
+    _print_status(server.decode(_status_from, document))
+    click.echo()
+    click.echo(format_fields(server.decode(_server_fields, document)))
+
+
+def _server_fields(document: Any) -> list[tuple[str, str]]:
+    """What only a server knows: its runtime, the engine, the outbox."""
+    runtime = document["runtime"]
+    engine = {True: "up", False: "unreachable", None: "-"}[runtime["engine_ok"]]
+    return [
+        ("runtime", printable(runtime["name"] or "- (no dispatcher)")),
+        ("engine", engine),
+        ("undelivered replies", str(document["replies"]["undelivered"])),
+    ]
+
+
+def _print_status(snapshot: QueueStatus) -> None:
     click.echo(
         format_table(
             ("STATUS", "JOBS"),
@@ -539,7 +860,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             ("GROUP", "ACTIVE", "WAITING"),
             (
                 (
-                    g.group_id,
+                    printable(g.group_id),
                     "-" if g.active_job is None else str(g.active_job),
                     str(g.waiting),
                 )
@@ -569,6 +890,7 @@ def _job_row(job: Job) -> tuple[str, ...]:
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.option("--before", type=JOB_ID, help="Only jobs with a smaller id (paging).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of jobs.")
+@remote_options
 @click.pass_context
 def jobs(
     ctx: click.Context,
@@ -577,13 +899,23 @@ def jobs(
     limit: int,
     before: int | None,
     as_json: bool,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """List jobs, newest first."""
-    found = open_queue(ctx, create=False).jobs(
-        status=status_, group_id=group, limit=limit, before_id=before
-    )
+    server = open_remote(ctx, url, token)
+    if server is None:
+        found = open_queue(ctx, create=False).jobs(
+            status=status_, group_id=group, limit=limit, before_id=before
+        )
+        documents = [job.as_dict() for job in found]
+    else:
+        documents = server.jobs(
+            status=status_, group_id=group, limit=limit, before_id=before
+        )
+        found = [_job_from(d) for d in documents]
     if as_json:
-        echo_json([job.as_dict() for job in found])
+        echo_json(documents)
         return
     if not found:
         click.echo("no jobs")
@@ -616,15 +948,37 @@ def _event_row(event: Event) -> tuple[str, ...]:
 @main.command()
 @click.argument("job_id", metavar="JOB", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@remote_options
 @click.pass_context
-def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
-    """One job and its history."""
-    queue = open_queue(ctx, create=False)
-    job = queue.get(job_id)
-    history = queue.events(job_id)
-    if as_json:
-        echo_json({"job": job.as_dict(), "events": [e.as_dict() for e in history]})
-        return
+def show(
+    ctx: click.Context,
+    job_id: int,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """One job and its history (and, from a server, its replies)."""
+    server = open_remote(ctx, url, token)
+    if server is None:
+        queue = open_queue(ctx, create=False)
+        job = queue.get(job_id)
+        history = queue.events(job_id)
+        if as_json:
+            echo_json({"job": job.as_dict(), "events": [e.as_dict() for e in history]})
+            return
+    else:
+        document = server.job(job_id)
+        if as_json:
+            echo_json(document)
+            return
+        job = server.decode(lambda d: _job_from(d["job"]), document)
+        history = server.decode(
+            lambda d: [_event_from(e) for e in d["events"]], document
+        )
+    _print_job(job, history)
+
+
+def _print_job(job: Job, history: Sequence[Event]) -> None:
     click.echo(
         format_fields(
             [
@@ -662,27 +1016,49 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
 @main.command()
 @click.argument("job_id", metavar="JOB", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@remote_options
 @click.pass_context
-def retry(ctx: click.Context, job_id: int, as_json: bool) -> None:
+def retry(
+    ctx: click.Context,
+    job_id: int,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
     """Send a failed or cancelled job back to waiting, with fresh retries."""
-    job = open_queue(ctx, create=False).retry(job_id)
-    if as_json:
-        echo_json(job.as_dict())
+    server = open_remote(ctx, url, token)
+    if server is None:
+        document = open_queue(ctx, create=False).retry(job_id).as_dict()
     else:
-        click.echo(f"job {job.id} is waiting again")
+        document = server.change(job_id, "retry")
+    if as_json:
+        echo_json(document)
+    else:
+        click.echo(f"job {job_id} is waiting again")
 
 
 @main.command()
 @click.argument("job_id", metavar="JOB", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@remote_options
 @click.pass_context
-def cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
+def cancel(
+    ctx: click.Context,
+    job_id: int,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
     """Withdraw a waiting job (active jobs cannot be cancelled)."""
-    job = open_queue(ctx, create=False).cancel(job_id)
-    if as_json:
-        echo_json(job.as_dict())
+    server = open_remote(ctx, url, token)
+    if server is None:
+        document = open_queue(ctx, create=False).cancel(job_id).as_dict()
     else:
-        click.echo(f"job {job.id} cancelled")
+        document = server.change(job_id, "cancel")
+    if as_json:
+        echo_json(document)
+    else:
+        click.echo(f"job {job_id} cancelled")
 
 
 @main.command()

@@ -20,12 +20,15 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from moorage.errors import MoorageError
 from moorage.outbox import Outbox, Reply
+
+if TYPE_CHECKING:
+    from moorage.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +155,15 @@ class Deliverer:
         *,
         interval: float = 0.2,
         max_backoff: float = 300.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``metrics``, when given, counts every reply the sink accepted."""
         self.outbox = outbox
         self.sink = sink
         self.install = install
         self.interval = interval
         self.max_backoff = max_backoff
+        self.metrics = metrics
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,6 +192,8 @@ class Deliverer:
                 break
             self.outbox.mark_delivered(reply)
             delivered += 1
+            if self.metrics is not None:
+                self.metrics.reply_delivered()
         return delivered
 
     def wake(self) -> None:

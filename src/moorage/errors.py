@@ -73,3 +73,27 @@ class EngineUnavailable(RuntimeFailure):
 
 class ContainerNotFound(RuntimeFailure, LookupError):
     """The runtime has no container with the given reference."""
+
+
+class RemoteError(MoorageError):
+    """A moorage HTTP server refused or failed a request (401, 4xx, 5xx).
+
+    ``status`` is the HTTP status and ``code`` the server's stable error code
+    (``unauthorized``, ``invalid_input``, ...) when it sent one.
+    """
+
+    exit_code = 9
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ServerUnavailable(RemoteError):
+    """No moorage HTTP server answered at the URL: refused, timed out, or the
+    connection broke before an answer came."""
+
+    exit_code = 10
