@@ -138,6 +138,30 @@ def test_enqueue_run_after_takes_iso_8601(data: Path, queue: Queue) -> None:
     assert queue.get(2).run_after == datetime.fromisoformat(local).timestamp()
 
 
+def test_enqueue_repeat_makes_a_recurring_task(data: Path, queue: Queue) -> None:
+    job_id = enqueue(data, "ops", "digest", "--kind", "task", "--repeat", "1h")
+    job = queue.get(job_id)
+    assert (job.repeat, job.series_id) == ("every 3600", job_id)
+    shown = run(data, "show", str(job_id))
+    assert "repeat      every 3600" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (("--repeat", "1h"), "only tasks can repeat"),
+        (("--kind", "task", "--repeat", "7 7 7"), "cron"),
+    ],
+)
+def test_enqueue_bad_repeat_is_refused_and_stores_nothing(
+    data: Path, args: tuple[str, ...], why: str
+) -> None:
+    result = run(data, "enqueue", "ops", "x", *args)
+    assert result.exit_code == 2
+    assert why in reason(result)
+    assert not (data / "moorage.db").exists()
+
+
 def test_enqueue_dash_reads_the_text_from_stdin(data: Path, queue: Queue) -> None:
     job_id = enqueue(data, "family", "-")  # no input: empty text is allowed
     result = run(data, "enqueue", "family", "-", input="line one\nline two ü\n")

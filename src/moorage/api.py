@@ -88,6 +88,12 @@ class JobIn(BaseModel):
     timeout: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="seconds per attempt"
     )
+    repeat: str | None = Field(
+        default=None,
+        max_length=200,
+        description="tasks only: an interval (15m, 2h) or a five-field cron "
+        "expression (UTC); each occurrence schedules the next",
+    )
 
 
 StatusName = Literal["waiting", "active", "completed", "failed", "cancelled"]
@@ -112,6 +118,15 @@ class JobOut(BaseModel):
     timeout: float | None
     container_id: str | None
     last_error: str | None
+    batch_of: int | None = Field(
+        default=None, description="the job whose attempt carries this one"
+    )
+    idle_since: float | None = None
+    closing_at: float | None = None
+    repeat: str | None = None
+    series_id: int | None = None
+    scheduled_for: float | None = None
+    follows: int | None = None
 
 
 class EventOut(BaseModel):
@@ -287,6 +302,7 @@ def create_app(
             run_after=body.run_after,
             timeout=body.timeout,
             idempotency_key=key,
+            repeat=body.repeat,
         )
         if key is not None:
             # A concurrent request with the same key may have won the race.
@@ -427,6 +443,7 @@ def _check_same_request(job: Job, body: JobIn, key: str) -> None:
         and job.chat_jid == (body.chat_jid or None)
         and job.timeout == body.timeout
         and (body.run_after is None or job.run_after == body.run_after)
+        and (body.repeat is None) == (job.repeat is None)
     )
     if not same:
         raise _KeyReused(

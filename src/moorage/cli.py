@@ -41,6 +41,7 @@ from moorage.errors import (
 from moorage.logs import LEVELS, LogFormat, configure_logging
 from moorage.models import Event, GroupStatus, Job, Kind, Priority, QueueStatus, Status
 from moorage.queue import Queue
+from moorage.schedule import parse_repeat
 from moorage.store.sqlite import DB_FILENAME, Synchronous
 
 EXIT_INTERRUPTED = 130
@@ -733,6 +734,11 @@ def _read_stdin_text(limit: int) -> str:
     help="Tasks only: not before this time (epoch seconds or ISO 8601).",
 )
 @click.option(
+    "--repeat",
+    help="Tasks only: run again every interval (15m, 2h) or on a five-field "
+    "cron expression in UTC ('0 9 * * mon-fri').",
+)
+@click.option(
     "--timeout", type=DurationType(positive=True), help="Per attempt, e.g. 15m."
 )
 @click.option(
@@ -751,6 +757,7 @@ def enqueue(
     priority: str,
     kind: str,
     run_after: float | None,
+    repeat: str | None,
     timeout: float | None,
     max_retries: int | None,
     as_json: bool,
@@ -763,6 +770,12 @@ def enqueue(
             "only tasks can be scheduled; messages run in their group's order",
             param_hint="'--run-after'",
         )
+    if repeat is not None:
+        if kind != Kind.TASK:
+            raise click.BadParameter(
+                "only tasks can repeat; messages run once", param_hint="'--repeat'"
+            )
+        parse_repeat(repeat)  # refused before anything is opened or sent
     if max_retries is not None and url is not None:
         raise click.BadParameter(
             "cannot be sent to a server; its jobs get the default",
@@ -784,6 +797,7 @@ def enqueue(
                 "chat_jid": chat_jid,
                 "run_after": run_after,
                 "timeout": timeout,
+                "repeat": repeat,
             }
         )
     else:
@@ -798,6 +812,7 @@ def enqueue(
                 run_after=run_after,
                 max_retries=max_retries,
                 timeout=timeout,
+                repeat=repeat,
             )
             .as_dict()
         )
@@ -978,6 +993,21 @@ def show(
     _print_job(job, history)
 
 
+def _conversation_fields(job: Job) -> list[tuple[str, str]]:
+    """Batch and recurrence lines, shown only for jobs that have them."""
+    fields: list[tuple[str, str]] = []
+    if job.batch_of is not None:
+        fields.append(("batch of", f"job {job.batch_of}"))
+    if job.closing_at is not None:
+        fields.append(("closing", when(job.closing_at)))
+    if job.repeat is not None:
+        fields.append(("repeat", job.repeat))
+        fields.append(("series", f"job {job.series_id}"))
+        if job.follows is not None:
+            fields.append(("follows", f"job {job.follows}"))
+    return fields
+
+
 def _print_job(job: Job, history: Sequence[Event]) -> None:
     click.echo(
         format_fields(
@@ -997,6 +1027,7 @@ def _print_job(job: Job, history: Sequence[Event]) -> None:
                 ("timeout", human_duration(job.timeout)),
                 ("container", job.container_id or "-"),
                 ("last error", printable(job.last_error or "-")),
+                *_conversation_fields(job),
             ]
         )
     )

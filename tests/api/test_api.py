@@ -60,6 +60,20 @@ def test_task_can_be_scheduled_with_run_after(
     assert queue.get(response.json()["id"]).run_after == 4_000_000_000
 
 
+def test_a_recurring_task_can_be_enqueued_and_a_repeating_message_is_refused(
+    client: httpx.Client, queue: Queue
+) -> None:
+    response = _enqueue(client, kind="task", repeat="*/5 * * * *")
+    assert response.status_code == 201
+    assert response.json()["repeat"] == "cron */5 * * * *"
+    assert response.json()["series_id"] == response.json()["id"]
+
+    for bad in ({"repeat": "15m"}, {"kind": "task", "repeat": "every blue moon"}):
+        refused = _enqueue(client, **bad)
+        assert refused.status_code in (400, 422), refused.text
+    assert job_count(queue) == 1
+
+
 def test_job_detail_has_events_and_replies(client: httpx.Client, queue: Queue) -> None:
     job_id = _enqueue(client).json()["id"]
     (claimed,) = queue.claim(1)
