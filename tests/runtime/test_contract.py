@@ -255,3 +255,52 @@ def test_deliver_refuses_names_that_are_not_plain_files(harness: Harness, name):
     with pytest.raises(InvalidInput):
         runtime.deliver(info.ref, name, {})
     assert running(runtime.inspect(info.ref))
+
+
+def test_has_input_says_whether_a_name_was_delivered(harness: Harness):
+    runtime = harness.runtime()
+    info = runtime.start(harness.spec("await=go"))
+
+    assert runtime.has_input(info.ref, "note.json") is False
+    runtime.deliver(info.ref, "note.json", {"n": 1})
+    assert runtime.has_input(info.ref, "note.json") is True
+    assert runtime.has_input(info.ref, "other.json") is False
+
+    runtime.deliver(info.ref, "go", {})
+    assert runtime.wait(info.ref, 20).exit_code == 0
+    fresh = harness.runtime()  # after the exit, and from a new reader
+    assert fresh.has_input(info.ref, "note.json") is True
+    assert fresh.has_input(info.ref, "other.json") is False
+
+
+def test_has_input_of_a_removed_container_raises_not_found(harness: Harness):
+    runtime = harness.runtime()
+    info = runtime.start(harness.spec("reply=x"))
+    runtime.deliver(info.ref, "note.json", {})
+    runtime.wait(info.ref, 20)
+
+    runtime.remove(info.ref)
+
+    with pytest.raises(ContainerNotFound):
+        runtime.has_input(info.ref, "note.json")
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "../x", "x" * 200, "a b"])
+def test_has_input_refuses_names_that_are_not_plain_files(harness: Harness, name):
+    runtime = harness.runtime()
+    info = runtime.start(harness.spec("sleep=30"))
+
+    with pytest.raises(InvalidInput):
+        runtime.has_input(info.ref, name)
+    assert running(runtime.inspect(info.ref))
+
+
+def test_has_input_refuses_a_container_of_another_install(harness: Harness):
+    ours = harness.runtime()
+    theirs = harness.runtime(install=uuid.uuid4().hex)
+    other = theirs.start(harness.spec("sleep=30", install=theirs.install))
+    theirs.deliver(other.ref, "note.json", {})
+
+    with pytest.raises(InvalidInput):
+        ours.has_input(other.ref, "note.json")
+    assert theirs.has_input(other.ref, "note.json") is True

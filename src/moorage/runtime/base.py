@@ -233,5 +233,18 @@ class Runtime(ABC):
         a partial file.  Raises ContainerNotFound if it is gone."""
         raise NotImplementedError(f"{self.name} runtime cannot deliver input")
 
+    def has_input(self, ref: str, name: str) -> bool:
+        """Whether a file called ``name`` is in the container's inbox.
+
+        The question a restarted moorage asks before :meth:`deliver`: a
+        document is delivered once, so one found here is not sent again.
+        Only presence is reported (a delivered name appears whole, so
+        present means complete); the container may be running or exited.
+        ``name`` is checked with :func:`check_inbox_name` (InvalidInput)
+        before the engine is asked.  Raises ContainerNotFound if the
+        container is gone.
+        """
+        raise NotImplementedError(f"{self.name} runtime cannot read its inbox")
+
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release client resources (connections); containers are untouched."""

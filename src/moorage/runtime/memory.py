@@ -20,6 +20,7 @@ from moorage.runtime.base import (
     ContainerInfo,
     ContainerState,
     Runtime,
+    check_inbox_name,
     container_name,
 )
 
@@ -150,7 +151,15 @@ class MemoryRuntime(Runtime):
         self.containers.pop(ref, None)
 
     def deliver(self, ref: str, name: str, document: Mapping[str, Any]) -> None:
+        check_inbox_name(name)
         self._check()
         if ref not in self.containers:
             raise ContainerNotFound(ref)
         self.containers[ref].inbox[name] = document
+
+    def has_input(self, ref: str, name: str) -> bool:
+        check_inbox_name(name)
+        self._check()
+        if ref not in self.containers:
+            raise ContainerNotFound(ref)
+        return name in self.containers[ref].inbox

@@ -346,6 +346,12 @@ class ProcessRuntime(Runtime):
         spooled.write_bytes(payload)
         os.replace(spooled, folder / "in" / name)
 
+    def has_input(self, ref: str, name: str) -> bool:
+        check_inbox_name(name)
+        folder = self._owned(ref)
+        # Only os.replace puts names into in/, so a name present is complete.
+        return (folder / "in" / name).is_file()
+
 
 # -- helpers -----------------------------------------------------------------
 
