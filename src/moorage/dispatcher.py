@@ -14,7 +14,8 @@ Conversations: an attempt of a message starts with its group's waiting
 messages as one batch; messages that arrive while it runs are offered to it
 as follow-ups (files in its inbox); an agent that says it is idle is asked to
 close after ``idle_timeout`` (at once when a task of its group is due, or
-when moorage drains), and stopped ``close_grace`` later if it has not exited.
+when moorage drains, or when another group waits for the slot it holds), and
+stopped ``close_grace`` later if it has not exited.
 Every step of that is recorded in the queue before it is acted on, so a
 restarted moorage finishes it without losing or repeating a message.
 """
@@ -135,6 +136,7 @@ class Dispatcher:
         self._next_reconcile = now + self.settings.reconcile_interval
         self._next_prune = now + self.settings.prune_interval
         self._wake = threading.Event()
+        self._slot_wanted = False
 
     # -- recovery --------------------------------------------------------------
 
@@ -285,6 +287,7 @@ class Dispatcher:
     def _poll(self, containers: list[ContainerInfo], now: float) -> None:
         by_attempt = {(c.job_id, c.attempt): c for c in containers}
         waiting = self.queue.busy_groups() if self.watched else {}
+        self._slot_wanted = self._starved(now)
         for watch in list(self.watched.values()):
             container = by_attempt.get((watch.job.id, watch.job.attempt))
             if container is None or container.state is ContainerState.MISSING:
@@ -397,6 +400,16 @@ class Dispatcher:
                 watch.offered_at = now
                 self._deliver_message(watch, follow_up)
 
+    def _starved(self, now: float) -> bool:
+        """Whether every slot is taken, a free group is ready to run, and no
+        attempt is already closing (which will free a slot soon)."""
+        if len(self.watched) < self.settings.max_concurrent or self.draining:
+            return False
+        if any(w.job.closing_at is not None for w in self.watched.values()):
+            return False
+        ready = self.queue.next_ready_at()
+        return ready is not None and ready <= now
+
     def _close_reason(self, watch: _Watch, waiting: int, now: float) -> str | None:
         idle_since = watch.job.idle_since
         if idle_since is None:
@@ -414,6 +427,10 @@ class Dispatcher:
             return "idle"
         if waiting > 0 and self.queue.due_task(watch.job.group_id):
             return "task"
+        if self._slot_wanted:
+            # Another group waits for a slot an idle conversation holds.
+            self._slot_wanted = False
+            return "slot"
         return None
 
     def _deliver_message(self, watch: _Watch, job: Job) -> None:

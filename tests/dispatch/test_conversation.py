@@ -322,3 +322,26 @@ def test_an_agent_that_never_takes_its_offers_is_closed_and_they_run_next(
     runtime.exit(ref, 0)
     dispatcher.step()
     assert texts(runtime, runtime.ref_of(follow.id)) == ["more"]
+
+
+def test_an_idle_conversation_gives_its_slot_to_a_waiting_group(queue, runtime):
+    a = queue.enqueue("a", "hello")
+    b = queue.enqueue("b", "hello")
+    dispatcher = make(queue, runtime, max_concurrent=2)
+    dispatcher.step()
+    ref_a, ref_b = runtime.ref_of(a.id), runtime.ref_of(b.id)
+    runtime.emit(ref_a, line("idle"))
+    runtime.emit(ref_b, line("idle"))
+    dispatcher.step()
+    assert runtime.containers[ref_a].inbox == runtime.containers[ref_b].inbox == {}
+
+    c = queue.enqueue("c", "me too")
+    dispatcher.step()
+    dispatcher.step()
+
+    closing = [r for r in (ref_a, ref_b) if CLOSE_NAME in runtime.containers[r].inbox]
+    assert len(closing) == 1  # one slot is wanted: one conversation closes
+    assert runtime.containers[closing[0]].inbox[CLOSE_NAME]["reason"] == "slot"
+    runtime.exit(closing[0], 0)
+    dispatcher.step()
+    assert queue.get(c.id).status is Status.ACTIVE
