@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -15,6 +16,10 @@ import pytest
 from moorage.runtime import AttemptSpec, ContainerState, Runtime
 
 AGENT_PY = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
+#: A Podman API socket (path or ``unix://`` URL) to run the docker-runtime
+#: cases against as well; without it those cases are skipped.
+PODMAN_SOCKET_ENV = "MOORAGE_TEST_PODMAN_SOCKET"
+PODMAN_TEST_IMAGE = "moorage-test-agent:latest"
 
 
 def batch(*texts: str, job: int = 1, attempt: int = 1, group: str = "g") -> dict:
@@ -104,16 +109,56 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
     return result
 
 
+@pytest.fixture(scope="session")
+def podman_url() -> str:
+    """The URL of the Podman API named by MOORAGE_TEST_PODMAN_SOCKET, checked
+    to answer and to hold the test image; skips when the variable is unset
+    (Podman is not part of CI), fails when it is set but unusable."""
+    value = os.environ.get(PODMAN_SOCKET_ENV, "")
+    if not value:
+        pytest.skip(
+            f"Podman not configured: set {PODMAN_SOCKET_ENV} to a Podman API "
+            "socket to run these cases on Podman (docs/runtimes.md, Podman)"
+        )
+    url = value if "://" in value else "unix://" + value
+    import docker
+
+    try:
+        api = docker.APIClient(base_url=url, version="auto")
+        api.inspect_image(PODMAN_TEST_IMAGE)
+        api.close()
+    except docker.errors.DockerException as exc:
+        pytest.fail(
+            f"{PODMAN_SOCKET_ENV}={value}: Podman API or {PODMAN_TEST_IMAGE} "
+            f"not usable: {exc}"
+        )
+    return url
+
+
 @pytest.fixture(
-    params=[pytest.param("docker", marks=pytest.mark.docker), "process"],
+    params=[
+        pytest.param("docker", marks=pytest.mark.docker),
+        "process",
+        "podman",
+    ],
 )
 def harness(
-    request: pytest.FixtureRequest, tmp_path: Path, session_installs: set[str]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    session_installs: set[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Harness]:
-    image = request.getfixturevalue("test_image") if request.param == "docker" else None
+    kind, image = request.param, None
+    if kind == "docker":
+        image = request.getfixturevalue("test_image")
+    elif kind == "podman":
+        # The docker runtime on Podman's Docker-compatible API.  DOCKER_HOST
+        # also reaches runtimes a test makes in a fresh process.
+        monkeypatch.setenv("DOCKER_HOST", request.getfixturevalue("podman_url"))
+        kind, image = "docker", PODMAN_TEST_IMAGE
     install = uuid.uuid4().hex
     session_installs.add(install)
-    h = Harness(request.param, install, tmp_path / "data", image, session_installs)
+    h = Harness(kind, install, tmp_path / "data", image, session_installs)
     yield h
     h.cleanup()
 

@@ -4,6 +4,7 @@ error translation at the engine boundary."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,65 @@ def test_an_unreachable_engine_is_engine_unavailable(tmp_path: Path, install_id:
         assert caught.value.__cause__ is not None
     with pytest.raises(EngineUnavailable):
         runtime.start(spec(install_id, "reply=x"))
+
+
+def test_start_is_create_put_archive_start_and_nothing_more(
+    runtime: DockerRuntime, monkeypatch
+):
+    runtime.ping()
+    calls: list[str] = []
+    send = runtime.api.send
+
+    def counting(request: Any, **kwargs: Any) -> Any:
+        calls.append(f"{request.method} {request.path_url.split('?')[0]}")
+        return send(request, **kwargs)
+
+    monkeypatch.setattr(runtime.api, "send", counting)
+    info = runtime.start(spec(runtime.install, "sleep=30", timeout=60))
+    monkeypatch.undo()
+
+    assert [c.split("/")[-1] for c in calls] == ["create", "archive", "start"]
+    # What start() returns without inspecting agrees with inspect().
+    seen = runtime.inspect(info.ref)
+    assert (info.state, seen.state) == (ContainerState.RUNNING,) * 2
+    assert info == replace(
+        seen, started_at=info.started_at, finished_at=None, timed_out=False
+    )
+    assert info.started_at is not None and seen.started_at is not None
+    assert abs(info.started_at - seen.started_at) < 5
+
+
+def test_a_restarted_unstarted_container_keeps_its_first_deadline(
+    runtime: DockerRuntime,
+):
+    attempt = spec(runtime.install, "sleep=30", timeout=60)
+    name = "moorage-" + runtime.install[:12] + "-1-1"
+    ref = runtime._create(attempt, name, [], {}, 1_000.5)
+
+    info = runtime.start(attempt)
+
+    assert (info.ref, info.deadline) == (ref, 1_000.5)
+    assert runtime.inspect(ref).deadline == 1_000.5
+
+
+def test_calls_share_one_connection_to_the_engine(runtime: DockerRuntime, monkeypatch):
+    import docker.transport.unixconn as unixconn
+
+    runtime.ping()
+    if runtime.api.base_url != "http+docker://localhost":
+        pytest.skip("the engine is not reached over a unix socket")
+    connects: list[int] = []
+    connect = unixconn.UnixHTTPConnection.connect
+
+    def counting(self: Any) -> None:
+        connects.append(1)
+        connect(self)
+
+    monkeypatch.setattr(unixconn.UnixHTTPConnection, "connect", counting)
+    for job in (1, 2):
+        info = runtime.start(spec(runtime.install, "sleep=30", job=job))
+        runtime.inspect(info.ref)
+        runtime.read_output(info.ref)
+    runtime.list()
+
+    assert connects == []

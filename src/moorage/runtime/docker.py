@@ -48,6 +48,7 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import docker.types  # type: ignore[import-untyped]
 import requests.exceptions
+from docker.transport import UnixHTTPAdapter  # type: ignore[import-untyped]
 
 from moorage.errors import (
     ContainerNotFound,
@@ -147,11 +148,11 @@ class DockerRuntime(Runtime):
         if self._client is None:
             with self._engine("connect"):
                 if self.base_url is None:
-                    self._client = docker.from_env().api
+                    client = docker.from_env().api
                 else:
-                    self._client = docker.APIClient(
-                        base_url=self.base_url, version="auto"
-                    )
+                    client = docker.APIClient(base_url=self.base_url, version="auto")
+                _share_one_pool(client)
+                self._client = client
         return self._client
 
     @contextmanager
@@ -211,6 +212,7 @@ class DockerRuntime(Runtime):
                 )
                 return info
             ref = str(found["Id"])
+            deadline = info.deadline  # the label the earlier create wrote
         self._place_input(ref, payload, spec.read_only_rootfs)
         try:
             with self._engine("start", ref):
@@ -219,7 +221,20 @@ class DockerRuntime(Runtime):
             if not isinstance(exc, EngineUnavailable):
                 self._discard(ref)
             raise
-        info = self.inspect(ref)
+        # Everything the caller needs is known here; no inspect after start.
+        # ``started_at`` is moorage's clock as the engine confirmed the
+        # start (inspect() reports the engine's own StartedAt).
+        info = ContainerInfo(
+            ref=ref,
+            name=name,
+            install=spec.install,
+            job_id=spec.job_id,
+            attempt=spec.attempt,
+            group_id=spec.group_id,
+            state=ContainerState.RUNNING,
+            started_at=time.time(),
+            deadline=deadline,
+        )
         logger.info(
             "started %s in %.3f s",
             name,
@@ -271,7 +286,7 @@ class DockerRuntime(Runtime):
                     detach=True,
                 )
             except docker.errors.APIError as exc:
-                if exc.status_code == 409:
+                if exc.status_code == 409 or _name_in_use(exc):
                     return None
                 raise
         return str(created["Id"])
@@ -490,6 +505,25 @@ class DockerRuntime(Runtime):
         with self._engine("deliver", ref):
             self.api.put_archive(ref, _MOORAGE_DIR, archive)
 
+    def has_input(self, ref: str, name: str) -> bool:
+        check_ref(ref)
+        check_inbox_name(name)
+        self._inspect_raw(ref)
+        try:
+            with self._engine("read inbox", ref):
+                stream, _ = self.api.get_archive(ref, f"{INBOX_PATH}/{name}")
+                # A one-file archive; reading it to the end frees the
+                # connection for the next call.
+                for _chunk in stream:
+                    pass
+        except ContainerNotFound:
+            # The engine answers 404 both for a missing path and for a
+            # container removed since the inspect above; only the second
+            # is an error.
+            self._inspect_raw(ref)
+            return False
+        return True
+
     # -- mounts --------------------------------------------------------------
 
     def _check_mount(self, mount: Mount) -> docker.types.Mount:
@@ -527,6 +561,32 @@ class DockerRuntime(Runtime):
 # -- helpers -----------------------------------------------------------------
 
 
+class _OnePoolUnixAdapter(UnixHTTPAdapter):  # type: ignore[misc]
+    """The SDK's unix-socket adapter keys its connection pools by the whole
+    request URL, so every new container id (and every new query string)
+    opens a fresh connection to the engine and leaves it idle afterwards.
+    The socket is the same for every URL: one pool serves them all and
+    keeps its connections alive between calls."""
+
+    def get_connection(self, url: str, proxies: object = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
+
+
+def _share_one_pool(client: docker.APIClient) -> None:
+    """Route all of ``client``'s unix-socket requests through one pool."""
+    old = client.adapters.get("http+docker://")
+    if type(old) is not UnixHTTPAdapter:
+        return  # tcp, ssh, or an adapter someone else chose: left alone
+    shared = _OnePoolUnixAdapter(
+        "http+unix://" + old.socket_path,
+        timeout=old.timeout,
+        max_pool_size=old.max_pool_size,
+    )
+    client.mount("http+docker://", shared)
+    client._custom_adapter = shared
+    old.close()
+
+
 def split_lines(data: bytes, position: int, *, final: bool) -> list[str]:
     """Lines of ``data`` from ``position`` on, without their ends; a last
     line with no ``\\n`` counts only when ``final``."""
@@ -538,6 +598,17 @@ def split_lines(data: bytes, position: int, *, final: bool) -> list[str]:
         p.removesuffix(b"\r").decode("utf-8", errors="replace")
         for p in parts[position:]
     ]
+
+
+def _name_in_use(exc: docker.errors.APIError) -> bool:
+    """A name conflict reported as a server error: Podman 4.3's compatible
+    API answers 500 (not 409) when the container name is taken."""
+    explanation = str(exc.explanation or "")
+    return (
+        exc.status_code == 500
+        and "name" in explanation
+        and "already in use" in explanation
+    )
 
 
 def _environment(env: Mapping[str, str]) -> dict[str, str]:
