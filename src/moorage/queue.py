@@ -948,16 +948,8 @@ class Queue:
             q.FINISH_MEMBERS,
             {"lead": lead.id, "status": status.value, "now": now, "error": error},
         ).fetchall()
-        for member, member_attempt in rows:
-            self._event(
-                conn,
-                member,
-                now,
-                Status.ACTIVE,
-                status,
-                member_attempt,
-                f"{status.value} with job {lead.id} attempt {lead.attempt}",
-            )
+        detail = f"{status.value} with job {lead.id} attempt {lead.attempt}"
+        self._member_events(conn, rows, now, status, detail)
         self._withdraw_offers(conn, lead, now)
 
     def _requeue_members(
@@ -980,18 +972,21 @@ class Queue:
                 "error": error,
             },
         ).fetchall()
-        for member, member_attempt in rows:
-            self._event(
-                conn,
-                member,
-                now,
-                Status.ACTIVE,
-                Status.WAITING,
-                member_attempt,
-                f"back to waiting with job {lead.id} attempt {lead.attempt}",
-            )
+        detail = f"back to waiting with job {lead.id} attempt {lead.attempt}"
+        self._member_events(conn, rows, now, Status.WAITING, detail)
         self._withdraw_offers(conn, lead, now)
         return len(rows)
+
+    def _member_events(
+        self,
+        conn: sqlite3.Connection,
+        rows: list[tuple[int, int]],
+        now: float,
+        after: Status,
+        detail: str,
+    ) -> None:
+        for member, member_attempt in rows:
+            self._event(conn, member, now, Status.ACTIVE, after, member_attempt, detail)
 
     def _withdraw_offers(self, conn: sqlite3.Connection, lead: Job, now: float) -> None:
         for job_id, job_attempt in conn.execute(q.WITHDRAW_OFFERS, {"lead": lead.id}):
