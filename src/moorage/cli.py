@@ -1057,14 +1057,8 @@ def retry(
     token: str | None,
 ) -> None:
     """Send a failed or cancelled job back to waiting, with fresh retries."""
-    server = open_remote(ctx, url, token)
-    if server is None:
-        document = open_queue(ctx, create=False).retry(job_id).as_dict()
-    else:
-        document = server.change(job_id, "retry")
-    if as_json:
-        echo_json(document)
-    else:
+    _change(ctx, job_id, "retry", as_json, url, token)
+    if not as_json:
         click.echo(f"job {job_id} is waiting again")
 
 
@@ -1081,15 +1075,29 @@ def cancel(
     token: str | None,
 ) -> None:
     """Withdraw a waiting job (active jobs cannot be cancelled)."""
+    _change(ctx, job_id, "cancel", as_json, url, token)
+    if not as_json:
+        click.echo(f"job {job_id} cancelled")
+
+
+def _change(
+    ctx: click.Context,
+    job_id: int,
+    verb: str,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Retry or cancel a job, locally or on a server; print it with --json."""
     server = open_remote(ctx, url, token)
     if server is None:
-        document = open_queue(ctx, create=False).cancel(job_id).as_dict()
+        queue = open_queue(ctx, create=False)
+        job = queue.retry(job_id) if verb == "retry" else queue.cancel(job_id)
+        document = job.as_dict()
     else:
-        document = server.change(job_id, "cancel")
+        document = server.change(job_id, verb)
     if as_json:
         echo_json(document)
-    else:
-        click.echo(f"job {job_id} cancelled")
 
 
 @main.command()
