@@ -317,7 +317,12 @@ class Dispatcher:
                 )
                 self.runtime.stop(container.ref, self.settings.stop_grace)
             elif container.state is ContainerState.RUNNING and not watch.timed_out:
-                self._converse(watch, waiting.get(watch.job.group_id, 0), now)
+                try:
+                    self._converse(watch, waiting.get(watch.job.group_id, 0), now)
+                except (
+                    StaleAttempt
+                ) as exc:  # changed under us: the next reconcile mends it
+                    logger.warning("%s", exc, extra={"action": "converse"})
 
     def _read(self, watch: _Watch) -> None:
         try:
