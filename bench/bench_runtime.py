@@ -5,7 +5,11 @@ Prints, as medians over several repetitions:
 * the time from "start attempt" to "container running" with
   ``DockerRuntime.start`` next to a bare docker SDK
   ``client.containers.run(image, detach=True)`` of the same image, and their
-  ratio (target: at most 1.10);
+  ratio (target: at most 1.10); also next to ``containers.run`` given the
+  same hardening options as moorage (network ``none``, limits, init,
+  no-new-privileges), the like-for-like comparison.  The three run in turn,
+  in a rotating order, within each repetition;
+* for each of them, the median time of every engine call it made;
 * the time of the one ``list()`` call with 1, 50 and 200 containers present.
 
 Usage: ``python bench/bench_runtime.py [--reps N]``.  Needs the test image
@@ -15,20 +19,24 @@ Usage: ``python bench/bench_runtime.py [--reps N]``.  Needs the test image
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker
 
-from moorage.runtime import AttemptSpec, DockerRuntime
+from moorage.runtime import AttemptSpec, DockerRuntime, Limits
 
 IMAGE = "moorage-test-agent:latest"
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_LABEL = "moorage.bench"
+ID_RE = re.compile(r"[0-9a-f]{64}")
+VERSION_RE = re.compile(r"^/v[0-9.]+")
 
 
 def spec(install: str, job: int, text: str = "sleep=60") -> AttemptSpec:
@@ -47,24 +55,92 @@ def spec(install: str, job: int, text: str = "sleep=60") -> AttemptSpec:
     )
 
 
-def bench_start(client: docker.DockerClient, runtime: DockerRuntime, reps: int) -> None:
-    ours, bare = [], []
-    for job in range(1, reps + 1):
-        began = time.perf_counter()
-        runtime.start(spec(runtime.install, job))
-        ours.append(time.perf_counter() - began)
+class CallTimer:
+    """Times every HTTP request a docker client sends, by kind of call
+    (``POST /containers/{id}/start``); adds a clock read per request."""
 
+    def __init__(self, api: Any) -> None:
+        self.calls: dict[str, list[float]] = {}
+        self._send = api.send
+        api.send = self._timed
+
+    def _timed(self, request: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
+        try:
+            return self._send(request, **kwargs)
+        finally:
+            path = ID_RE.sub("{id}", request.path_url.split("?", 1)[0])
+            key = f"{request.method} {VERSION_RE.sub('', path)}"
+            self.calls.setdefault(key, []).append(time.perf_counter() - began)
+
+    def take(self) -> dict[str, list[float]]:
+        calls, self.calls = self.calls, {}
+        return calls
+
+
+def hardened(limits: Limits) -> dict[str, Any]:
+    """``containers.run`` options equal to what DockerRuntime.start sets."""
+    return {
+        "network_mode": "none",
+        "privileged": False,
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": limits.memory_bytes,
+        "memswap_limit": limits.memory_bytes,
+        "nano_cpus": int((limits.cpus or 0) * 1e9) or None,
+        "pids_limit": limits.pids,
+        "init": True,
+    }
+
+
+def bench_start(client: docker.DockerClient, runtime: DockerRuntime, reps: int) -> None:
+    ours_calls = CallTimer(runtime.api)
+    bare_calls = CallTimer(client.api)
+    options = hardened(spec(runtime.install, 0).limits)
+    labels = {BENCH_LABEL: runtime.install}
+
+    def ours(job: int) -> None:
+        runtime.start(spec(runtime.install, job))
+
+    def bare(job: int) -> None:
+        client.containers.run(IMAGE, ["sleep", "60"], detach=True, labels=labels)
+
+    def alike(job: int) -> None:
         client.containers.run(
-            IMAGE, ["sleep", "60"], detach=True, labels={BENCH_LABEL: runtime.install}
+            IMAGE, ["sleep", "60"], detach=True, labels=labels, **options
         )
-        bare.append(time.perf_counter() - began)
-    ours_ms = statistics.median(ours) * 1000
-    bare_ms = statistics.median(bare) * 1000
+
+    contenders = {
+        "DockerRuntime.start": ours,
+        "containers.run(detach)": bare,
+        "containers.run(detach, same hardening)": alike,
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    calls: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
+    order = list(contenders)
+    for job in range(1, reps + 1):
+        # Rotate the order so no contender always goes first (or last).
+        turn = order[job % len(order) :] + order[: job % len(order)]
+        for name in turn:
+            ours_calls.take()
+            bare_calls.take()
+            began = time.perf_counter()
+            contenders[name](job)
+            times[name].append(time.perf_counter() - began)
+            timer = ours_calls if name == "DockerRuntime.start" else bare_calls
+            for key, spent in timer.take().items():
+                calls[name].setdefault(key, []).extend(spent)
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
     print(f"start → running, median of {reps}:")
-    print(f"  DockerRuntime.start        {ours_ms:7.1f} ms")
-    print(f"  containers.run(detach)     {bare_ms:7.1f} ms")
-    print(f"  ratio                      {ours_ms / bare_ms:7.2f}  (target ≤ 1.10)")
+    for name, ms in medians.items():
+        print(f"  {name:40s} {ms:7.1f} ms")
+        for key, spent in calls[name].items():
+            print(
+                f"      {key:36s} {statistics.median(spent) * 1000:7.1f} ms"
+                f"  (×{len(spent) // reps})"
+            )
+    ours_ms = medians["DockerRuntime.start"]
+    for name in order[1:]:
+        print(f"  ratio to {name:31s} {ours_ms / medians[name]:7.2f}  (target ≤ 1.10)")
 
 
 def bench_list(runtime: DockerRuntime, counts: list[int], reps: int) -> None:
