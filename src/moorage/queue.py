@@ -286,15 +286,7 @@ class Queue:
     ) -> Job:
         job = _job(conn.execute(q.INSERT_JOB, dict(values, now=now)).fetchone())
         self._event(conn, job.id, now, None, Status.WAITING, 0, detail)
-        conn.execute(
-            q.LANE_ADD_WAITING,
-            {
-                "group_id": job.group_id,
-                "priority": int(job.priority),
-                "job_id": job.id,
-                "ready_at": job.run_after,
-            },
-        )
+        _count_waiting(conn, job.group_id, job.priority, job.id, job.run_after)
         return job
 
     def claim(
@@ -743,15 +735,7 @@ class Queue:
                 )
             job = _job(row)
             self._event(conn, job_id, now, before, Status.WAITING, job.attempt, "retry")
-            conn.execute(
-                q.LANE_ADD_WAITING,
-                {
-                    "group_id": job.group_id,
-                    "priority": int(job.priority),
-                    "job_id": job_id,
-                    "ready_at": now,
-                },
-            )
+            _count_waiting(conn, job.group_id, job.priority, job_id, now)
         return job
 
     def prune(
@@ -1077,7 +1061,11 @@ class Queue:
         if row is None:
             self._stale(conn, job_id, attempt, verb)
         job = _job(row)
-        self._refresh_lane(conn, job.group_id, now, active_job=None)
+        # Ending an attempt changes no waiting job, so the lane keeps its
+        # count, rank and due time: free it, or forget it if it is empty.
+        lane = {"group_id": job.group_id}
+        if conn.execute(q.LANE_FREE, lane).rowcount == 0:
+            conn.execute(q.DELETE_LANE, lane)
         return job
 
     @staticmethod
@@ -1163,6 +1151,25 @@ class Queue:
             )
         else:
             conn.execute(q.UPDATE_LANE, values)
+
+
+def _count_waiting(
+    conn: sqlite3.Connection,
+    group: str,
+    priority: Priority,
+    job_id: int,
+    ready_at: float,
+) -> None:
+    """Count a newly waiting job into its group's lane; the cheaper update
+    when the job does not change the lane's rank, else the full upsert."""
+    values = {
+        "group_id": group,
+        "priority": int(priority),
+        "job_id": job_id,
+        "ready_at": ready_at,
+    }
+    if conn.execute(q.LANE_COUNT_WAITING, values).rowcount == 0:
+        conn.execute(q.LANE_ADD_WAITING, values)
 
 
 def _kind(value: str | Kind) -> Kind:

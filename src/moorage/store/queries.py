@@ -43,6 +43,22 @@ ON CONFLICT (group_id) DO UPDATE SET
     ready_at = max(held_until, min(coalesce(ready_at, excluded.ready_at), excluded.ready_at))
 """
 
+#: Count a newly waiting job into a lane whose rank it does not change (the
+#: usual case); touches no index.  No row changed: use LANE_ADD_WAITING.
+LANE_COUNT_WAITING = """
+UPDATE lanes SET
+    waiting = waiting + 1,
+    ready_at = max(held_until, min(coalesce(ready_at, :ready_at), :ready_at))
+WHERE group_id = :group_id AND rank_priority IS NOT NULL
+  AND (rank_priority < :priority OR (rank_priority = :priority AND rank_job < :job_id))
+"""
+
+#: A group's attempt ended and it still has waiting jobs: free its lane (its
+#: rank and due time are unchanged).  No row changed: the lane is now empty.
+LANE_FREE = (
+    "UPDATE lanes SET active_job = NULL WHERE group_id = :group_id AND waiting > 0"
+)
+
 #: The lane of one group.
 SELECT_LANE = (
     "SELECT active_job, waiting, held_until FROM lanes WHERE group_id = :group_id"

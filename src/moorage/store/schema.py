@@ -111,7 +111,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX replies_by_created ON replies (created_at);
     """,
     # 4: conversations (batches, follow-ups, idle close), recurring tasks, and
-    #    a leaner write path (finished jobs only in the by-status index).
+    #    a leaner write path (finished jobs only in the by-status index; the
+    #    free-lane index no longer rewritten by every enqueue).
     """
     -- The lead job whose attempt carries this one: a batch member (active,
     -- completed, failed) or a follow-up offered to a running attempt and not
@@ -160,5 +161,13 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_by_status;
     CREATE INDEX jobs_finished ON jobs (status, finished_at)
         WHERE finished_at IS NOT NULL;
+
+    -- A lane without an active job always has waiting jobs (an empty one is
+    -- deleted), so the free-lane index needs no condition on ``waiting``;
+    -- without one, an enqueue that leaves a lane's rank alone does not
+    -- rewrite its index entry.
+    DROP INDEX lanes_free_by_rank;
+    CREATE INDEX lanes_free_by_rank ON lanes (rank_priority, rank_job)
+        WHERE active_job IS NULL;
     """,
 ]
