@@ -774,23 +774,30 @@ class Queue:
 
     def _prune_status(self, status: Status, age: float, batch: int) -> int:
         deleted = 0
+        after = 0
+        cutoff = self.clock.now() - age
         while True:
             with self.db.transaction() as conn:
-                cutoff = self.clock.now() - age
                 ids = [
                     (row[0],)
                     for row in conn.execute(
                         q.PRUNABLE_IDS,
-                        {"status": status.value, "cutoff": cutoff, "limit": batch},
+                        {
+                            "status": status.value,
+                            "cutoff": cutoff,
+                            "limit": batch,
+                            "after": after,
+                        },
                     )
                 ]
-                conn.executemany("DELETE FROM events WHERE job_id = ?", ids)
+                conn.executemany(q.DELETE_EVENTS, [{"job_id": i} for (i,) in ids])
                 conn.executemany("DELETE FROM replies WHERE job_id = ?", ids)
                 conn.executemany("DELETE FROM idempotency_keys WHERE job_id = ?", ids)
                 conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
             deleted += len(ids)
             if len(ids) < batch:
                 return deleted
+            after = ids[-1][0]
 
     # -- reads ---------------------------------------------------------------
 
@@ -841,6 +848,8 @@ class Queue:
                     f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}"
                 ) from exc
             clauses.append("status = :status")
+            if params["status"] in (Status.FAILED, Status.CANCELLED):
+                clauses.append("status IN ('failed', 'cancelled')")  # its index
         if group_id is not None:
             params["group_id"] = validation.group_id(group_id)
             clauses.append("group_id = :group_id")
@@ -860,8 +869,13 @@ class Queue:
     def status(self) -> QueueStatus:
         with self.db.reading() as conn:
             counts = {s.value: 0 for s in Status}
+            total = 0
             for status, count in conn.execute(q.COUNT_BY_STATUS):
-                counts[status] = count
+                if status == "all":
+                    total = count
+                else:
+                    counts[status] += count
+            counts[Status.COMPLETED.value] = total - sum(counts.values())
             groups = [GroupStatus(g, a, w) for g, a, w in conn.execute(q.SELECT_LANES)]
         return QueueStatus(counts=counts, groups=groups)
 

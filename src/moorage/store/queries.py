@@ -23,8 +23,10 @@ RETURNING {JOB_COLUMNS}
 
 #: Append one transition to a job's history.
 INSERT_EVENT = """
-INSERT INTO events (job_id, at, from_status, to_status, attempt, detail)
-VALUES (:job_id, :now, :from_status, :to_status, :attempt, :detail)
+INSERT INTO events (id, job_id, at, from_status, to_status, attempt, detail)
+VALUES ((SELECT coalesce(max(id) + 1, :job_id << 20) FROM events
+         WHERE id >= :job_id << 20 AND id < (:job_id + 1) << 20),
+        :job_id, :now, :from_status, :to_status, :attempt, :detail)
 """
 
 #: Count a newly waiting job into its group's lane (creating the lane if new).
@@ -275,7 +277,7 @@ SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :job_id"
 #: A job's history, oldest first.
 SELECT_EVENTS = """
 SELECT id, job_id, at, from_status, to_status, attempt, detail
-FROM events WHERE job_id = :job_id ORDER BY id
+FROM events WHERE id >= :job_id << 20 AND id < (:job_id + 1) << 20 ORDER BY id
 """
 
 #: Every running attempt's lead job, oldest first (members ride along).
@@ -284,18 +286,38 @@ SELECT_ACTIVE = (
     "ORDER BY id"
 )
 
-#: Number of jobs in each status.
-COUNT_BY_STATUS = "SELECT status, count(*) FROM jobs GROUP BY status"
+#: Number of jobs in each status ('all': the total).  Every count but the
+#: total comes from a partial index; completed jobs (no index) are the rest.
+COUNT_BY_STATUS = """
+SELECT 'waiting', count(*) FROM jobs WHERE status = 'waiting'
+UNION ALL
+SELECT 'active', count(*) FROM jobs WHERE status = 'active' AND batch_of IS NULL
+UNION ALL
+SELECT 'active', count(*) FROM jobs WHERE status = 'active' AND batch_of IS NOT NULL
+UNION ALL
+SELECT status, count(*) FROM jobs WHERE status IN ('failed', 'cancelled') GROUP BY status
+UNION ALL
+SELECT 'all', count(*) FROM jobs
+"""
 
 #: Every group with waiting or active jobs.
 SELECT_LANES = """
 SELECT group_id, active_job, waiting FROM lanes ORDER BY group_id
 """
 
-#: Ids of finished jobs of one status older than a cut-off, a batch at a time.
+#: Ids of finished jobs of one status older than a cut-off, a batch at a time
+#: in id order from a cursor (completed jobs have no index: the walk goes
+#: through the table once, whatever the number of batches).
 PRUNABLE_IDS = """
-SELECT id FROM jobs WHERE status = :status AND finished_at < :cutoff LIMIT :limit
+SELECT id FROM jobs
+WHERE id > :after AND status = :status AND finished_at < :cutoff
+ORDER BY id LIMIT :limit
 """
+
+#: A pruned job's history (its range of event ids).
+DELETE_EVENTS = (
+    "DELETE FROM events WHERE id >= :job_id << 20 AND id < (:job_id + 1) << 20"
+)
 
 # -- outbox ------------------------------------------------------------------
 

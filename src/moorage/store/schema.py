@@ -135,7 +135,12 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_one_active_per_group;
     CREATE UNIQUE INDEX jobs_one_active_per_group ON jobs (group_id)
         WHERE status = 'active' AND batch_of IS NULL;
-    CREATE INDEX jobs_in_batch ON jobs (batch_of, id) WHERE batch_of IS NOT NULL;
+    -- A lead's live members, and the follow-ups offered to it (finished
+    -- members keep batch_of as history but leave these indexes).
+    CREATE INDEX jobs_members ON jobs (batch_of)
+        WHERE status = 'active' AND batch_of IS NOT NULL;
+    CREATE INDEX jobs_offers ON jobs (batch_of)
+        WHERE status = 'waiting' AND batch_of IS NOT NULL;
     CREATE TRIGGER jobs_member_needs_lead
     BEFORE UPDATE OF status, batch_of ON jobs
     WHEN NEW.status = 'active' AND NEW.batch_of IS NOT NULL
@@ -155,12 +160,37 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX jobs_one_successor ON jobs (follows)
         WHERE follows IS NOT NULL;
 
-    -- Only finished jobs need ordering by age (prune, listing); waiting and
-    -- active ones are found through their partial indexes.  Keeping them out
-    -- spares every enqueue and claim an index write.
+    -- The write path keeps only the indexes the queue's own work needs.
+    -- Waiting and active jobs are found through their partial indexes;
+    -- failed and cancelled ones (rare; listed on the status page) through
+    -- this one (a query names ``status IN ('failed', 'cancelled')`` for
+    -- SQLite to see that it applies).  Completed jobs and one group's history are read by walking
+    -- the table in id order (prune, listings), which costs an operator's
+    -- query a few milliseconds and spares every enqueue and every finish an
+    -- index write.
     DROP INDEX jobs_by_status;
-    CREATE INDEX jobs_finished ON jobs (status, finished_at)
-        WHERE finished_at IS NOT NULL;
+    DROP INDEX jobs_by_group;
+    CREATE INDEX jobs_failed ON jobs (status, finished_at)
+        WHERE status IN ('failed', 'cancelled');
+
+    -- A job's history as one range of rowids: id = (job_id << 20) + n for
+    -- its n-th event (0-based), so it is contiguous, in order, and needs no
+    -- second index.
+    CREATE TABLE events_by_range (
+        id          INTEGER PRIMARY KEY,
+        job_id      INTEGER NOT NULL,
+        at          REAL    NOT NULL,
+        from_status TEXT,
+        to_status   TEXT    NOT NULL,
+        attempt     INTEGER NOT NULL,
+        detail      TEXT
+    );
+    INSERT INTO events_by_range (id, job_id, at, from_status, to_status, attempt, detail)
+    SELECT (job_id << 20) + row_number() OVER (PARTITION BY job_id ORDER BY id) - 1,
+           job_id, at, from_status, to_status, attempt, detail
+    FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_by_range RENAME TO events;
 
     -- A lane without an active job always has waiting jobs (an empty one is
     -- deleted), so the free-lane index needs no condition on ``waiting``;
