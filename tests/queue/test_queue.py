@@ -959,3 +959,51 @@ def test_cancelling_another_job_keeps_the_hold(
     assert [j.id for j in queue.claim(10)] == [task.id]
     queue.finish(task.id, 2)
     assert [j.id for j in queue.claim(10)] == [message.id]
+
+
+def test_an_older_database_is_migrated_with_every_jobs_history_kept_in_order(
+    data_dir: Path, make_queue: Callable[..., Queue]
+) -> None:
+    from moorage.store.sqlite import _split_statements
+
+    data_dir.mkdir(parents=True)
+    old = sqlite3.connect(data_dir / DB_FILENAME, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:3], start=1):
+        for statement in _split_statements(migration):
+            old.execute(statement)
+        old.execute(f"PRAGMA user_version = {number}")
+    old.execute("INSERT INTO meta (key, value) VALUES ('install_id', ?)", ("a" * 32,))
+    for group in ("g", "h"):
+        old.execute(
+            "INSERT INTO jobs (group_id, kind, status, priority, message_text, "
+            "enqueued_at, run_after, max_retries) "
+            "VALUES (?, 'message', 'waiting', 1, 'x', 0, 0, 5)",
+            (group,),
+        )
+    # Histories interleaved, as two jobs' transitions would be.
+    for job_id, to_status, detail in [
+        (1, "waiting", None),
+        (2, "waiting", None),
+        (1, "active", "claimed"),
+        (2, "cancelled", "cancelled"),
+        (1, "waiting", "released: engine"),
+    ]:
+        old.execute(
+            "INSERT INTO events (job_id, at, from_status, to_status, attempt, detail) "
+            "VALUES (?, 0, NULL, ?, 0, ?)",
+            (job_id, to_status, detail),
+        )
+    old.close()
+
+    queue = make_queue()
+
+    assert queue.db.schema_version == len(MIGRATIONS)
+    assert [(e.to_status.value, e.detail) for e in queue.events(1)] == [
+        ("waiting", None),
+        ("active", "claimed"),
+        ("waiting", "released: engine"),
+    ]
+    assert [e.to_status.value for e in queue.events(2)] == ["waiting", "cancelled"]
+    queue.cancel(1)
+    assert [e.to_status.value for e in queue.events(1)][-1] == "cancelled"
+    assert [e.id for e in queue.events(1)] == [(1 << 20) + n for n in range(4)]
