@@ -162,6 +162,20 @@ def test_enqueue_bad_repeat_is_refused_and_stores_nothing(
     assert not (data / "moorage.db").exists()
 
 
+def test_enqueue_with_an_idempotency_key_makes_one_job(
+    data: Path, queue: Queue
+) -> None:
+    first = enqueue(data, "family", "hi", "--idempotency-key", "msg-77")
+    again = enqueue(data, "family", "hi", "--idempotency-key", "msg-77")
+    other = enqueue(data, "family", "hi", "--idempotency-key", "msg-78")
+
+    assert first == again != other
+    assert len(queue.jobs()) == 2
+    bad = run(data, "enqueue", "family", "hi", "--idempotency-key", "has space")
+    assert bad.exit_code != 0 and "idempotency key" in reason(bad)
+    assert len(queue.jobs()) == 2
+
+
 def test_enqueue_dash_reads_the_text_from_stdin(data: Path, queue: Queue) -> None:
     job_id = enqueue(data, "family", "-")  # no input: empty text is allowed
     result = run(data, "enqueue", "family", "-", input="line one\nline two ü\n")

@@ -605,9 +605,14 @@ class RemoteServer:
         self.decode(lambda d: self._checked(d["job"]), document)
         return cast(dict[str, Any], document)
 
-    def enqueue(self, body: dict[str, object]) -> dict[str, Any]:
-        """The new job, as the server sent it."""
-        return self._checked(self.call("POST", "/v1/jobs", json=body))
+    def enqueue(
+        self, body: dict[str, object], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """The new job (or the one made under the key), as the server sent it."""
+        headers = (
+            {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        )
+        return self._checked(self.call("POST", "/v1/jobs", json=body, headers=headers))
 
     def change(self, job_id: int, verb: str) -> dict[str, Any]:
         """``retry`` or ``cancel`` a job; the job as the server sent it."""
@@ -746,6 +751,11 @@ def _read_stdin_text(limit: int) -> str:
     type=click.IntRange(0, 1000),
     help="Failed attempts retried before the job fails [default: 5].",
 )
+@click.option(
+    "--idempotency-key",
+    help="Enqueue at most once under this key: running the command again with "
+    "it prints the job made the first time.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @remote_options
 @click.pass_context
@@ -760,11 +770,14 @@ def enqueue(
     repeat: str | None,
     timeout: float | None,
     max_retries: int | None,
+    idempotency_key: str | None,
     as_json: bool,
     url: str | None,
     token: str | None,
 ) -> None:
     """Add a job for GROUP and print its id.  TEXT '-' reads stdin."""
+    if idempotency_key is not None:
+        validation.idempotency_key(idempotency_key)
     if run_after is not None and kind != Kind.TASK:
         raise click.BadParameter(
             "only tasks can be scheduled; messages run in their group's order",
@@ -798,7 +811,8 @@ def enqueue(
                 "run_after": run_after,
                 "timeout": timeout,
                 "repeat": repeat,
-            }
+            },
+            idempotency_key,
         )
     else:
         document = (
@@ -813,6 +827,7 @@ def enqueue(
                 max_retries=max_retries,
                 timeout=timeout,
                 repeat=repeat,
+                idempotency_key=idempotency_key,
             )
             .as_dict()
         )

@@ -182,6 +182,18 @@ def test_enqueue_json_prints_the_servers_job(
     assert printed == {key: stored[key] for key in printed}
 
 
+def test_enqueue_with_an_idempotency_key_makes_one_job(
+    serve: Callable[..., str], queue: Queue
+) -> None:
+    url = serve()
+    first = remote(url, "enqueue", "family", "hi", "--idempotency-key", "msg-77")
+    again = remote(url, "enqueue", "family", "hi", "--idempotency-key", "msg-77")
+
+    assert first.exit_code == again.exit_code == 0
+    assert first.stdout == again.stdout == "1\n"
+    assert sum(queue.status().counts.values()) == 1
+
+
 def test_retry_and_cancel_change_the_servers_queue(
     serve: Callable[..., str], queue: Queue
 ) -> None:
