@@ -285,7 +285,9 @@ class Queue:
         detail: str | None,
     ) -> Job:
         job = _job(conn.execute(q.INSERT_JOB, dict(values, now=now)).fetchone())
-        self._event(conn, job.id, now, None, Status.WAITING, 0, detail)
+        conn.execute(
+            q.INSERT_FIRST_EVENT, {"job_id": job.id, "now": now, "detail": detail}
+        )
         _count_waiting(conn, job.group_id, job.priority, job.id, job.run_after)
         return job
 

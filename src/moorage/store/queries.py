@@ -29,6 +29,12 @@ VALUES ((SELECT coalesce(max(id) + 1, :job_id << 20) FROM events
         :job_id, :now, :from_status, :to_status, :attempt, :detail)
 """
 
+#: The first event of a new job: its range of event ids starts at job_id << 20.
+INSERT_FIRST_EVENT = """
+INSERT INTO events (id, job_id, at, from_status, to_status, attempt, detail)
+VALUES (:job_id << 20, :job_id, :now, NULL, 'waiting', 0, :detail)
+"""
+
 #: Count a newly waiting job into its group's lane (creating the lane if new).
 #: All right-hand sides see the lane as it was before this statement.
 LANE_ADD_WAITING = """
@@ -76,19 +82,42 @@ WHERE group_id = :group_id
 #: Forget a group that has no waiting and no active job.
 DELETE_LANE = "DELETE FROM lanes WHERE group_id = :group_id"
 
-#: A group's most urgent waiting job (uses jobs_waiting_by_rank).
-GROUP_RANK = """
-SELECT priority, id FROM jobs
-WHERE group_id = :group_id AND status = 'waiting'
-ORDER BY priority, id LIMIT 1
-"""
+# The per-group queries below read jobs_waiting, ordered by (group_id, kind,
+# priority, id): each probes it once per kind or per priority, so its cost
+# does not depend on how many jobs the group has waiting.
 
-#: A group's oldest waiting message (uses jobs_waiting_in_order).
-GROUP_FIRST_MESSAGE = """
-SELECT id, run_after FROM jobs
-WHERE group_id = :group_id AND status = 'waiting' AND kind = 'message'
-ORDER BY id LIMIT 1
-"""
+
+def _per_priority(select: str) -> str:
+    """``select`` (with a ``{priority}`` slot) once per priority, combined."""
+    return "\nUNION ALL\n".join(select.format(priority=p) for p in (0, 1, 2))
+
+
+#: A group's most urgent waiting job: the oldest job of each priority and
+#: kind, then the most urgent (older on a tie) of those.
+GROUP_RANK = (
+    "SELECT priority, id FROM (\n"
+    + _per_priority(
+        # A bare min(id) per probe: SQLite then reads one index entry.
+        "SELECT {priority} AS priority, (SELECT min(id) FROM jobs "
+        "WHERE group_id = :group_id AND kind = 'message' AND priority = {priority} "
+        "AND status = 'waiting') AS id UNION ALL "
+        "SELECT {priority}, (SELECT min(id) FROM jobs "
+        "WHERE group_id = :group_id AND kind = 'task' AND priority = {priority} "
+        "AND status = 'waiting')"
+    )
+    + ") WHERE id IS NOT NULL ORDER BY priority, id LIMIT 1"
+)
+
+#: A group's oldest waiting message: the oldest of each priority, then the
+#: oldest of those.
+GROUP_FIRST_MESSAGE = (
+    "SELECT id, run_after FROM jobs WHERE id = (SELECT min(id) FROM (\n"
+    + _per_priority(
+        "SELECT min(id) AS id FROM jobs WHERE group_id = :group_id "
+        "AND kind = 'message' AND priority = {priority} AND status = 'waiting'"
+    )
+    + "))"
+)
 
 #: When a group's earliest waiting task falls due.
 GROUP_FIRST_TASK_DUE = """
@@ -149,12 +178,15 @@ RETURNING {JOB_COLUMNS}
 
 #: A group's waiting messages not offered to a running attempt, oldest first,
 #: with their size in bytes (the candidates for a batch or a follow-up).
-GROUP_MESSAGES = """
-SELECT id, length(CAST(message_text AS BLOB)) FROM jobs
-WHERE group_id = :group_id AND status = 'waiting' AND kind = 'message'
-  AND batch_of IS NULL
-ORDER BY id LIMIT :limit
-"""
+GROUP_MESSAGES = (
+    "SELECT id, length(CAST(message_text AS BLOB)) FROM jobs WHERE id IN (\n"
+    + _per_priority(
+        "SELECT * FROM (SELECT id FROM jobs WHERE group_id = :group_id "
+        "AND kind = 'message' AND priority = {priority} AND status = 'waiting' "
+        "AND batch_of IS NULL ORDER BY id LIMIT :limit)"
+    )
+    + ") ORDER BY id LIMIT :limit"
+)
 
 #: The members riding on a lead's current attempt, in order.
 BATCH_MEMBERS = f"""

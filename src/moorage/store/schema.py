@@ -170,6 +170,13 @@ MIGRATIONS: list[str] = [
     -- index write.
     DROP INDEX jobs_by_status;
     DROP INDEX jobs_by_group;
+    -- One per-group index of waiting jobs instead of two: a group's next
+    -- message, its most urgent job and its tasks are each found with one
+    -- probe per kind or per priority (see store/queries.py).
+    DROP INDEX jobs_waiting_in_order;
+    DROP INDEX jobs_waiting_by_rank;
+    CREATE INDEX jobs_waiting ON jobs (group_id, kind, priority)
+        WHERE status = 'waiting';
     CREATE INDEX jobs_failed ON jobs (status, finished_at)
         WHERE status IN ('failed', 'cancelled');
 
