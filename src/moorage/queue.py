@@ -1006,13 +1006,13 @@ class Queue:
         the unique indexes on ``follows`` and on the slot forbid a double)."""
         if job.repeat is None or job.series_id is None:
             return
-        if conn.execute(q.HAS_SUCCESSOR, {"job_id": job.id}).fetchone() is not None:
-            return  # a revived occurrence that already had its successor
         current_slot = job.scheduled_for if job.scheduled_for is not None else now
-        slot = parse_repeat(job.repeat).next_slot(current_slot, now)
-        taken = {"series_id": job.series_id, "slot": slot}
-        if conn.execute(q.SLOT_TAKEN, taken).fetchone() is not None:
+        later = {"series_id": job.series_id, "slot": current_slot}
+        if conn.execute(q.LATER_OCCURRENCE, later).fetchone() is not None:
+            # A revived occurrence whose series went on without it (its
+            # successor may since have been pruned): do not fork the series.
             return
+        slot = parse_repeat(job.repeat).next_slot(current_slot, now)
         successor = self._insert(
             conn,
             now,

@@ -394,6 +394,31 @@ def test_an_occurrence_that_fails_for_good_still_schedules_the_next(
     )
 
 
+def test_a_revived_occurrence_does_not_fork_a_series_whose_successor_was_pruned(
+    make_queue: Any, clock: FakeClock, raw: sqlite3.Connection
+) -> None:
+    queue = make_queue(retry_policy=RetryPolicy(max_retries=0))
+    first = queue.enqueue("g", "tick", kind="task", repeat="every 60")
+    (a,) = queue.claim(4)
+    queue.fail(a.id, a.attempt, "exit 1")  # A fails; B follows it
+    clock.advance(60)
+    (b,) = queue.claim(4)
+    queue.finish(b.id, b.attempt)  # B completes; C follows it
+    clock.advance(1)
+    queue.prune(completed_older_than=0)  # B is gone, A (failed) is kept
+
+    queue.retry(first.id)
+    (again,) = queue.claim(4)
+    clock.advance(100)  # it finishes past C's slot: its own next slot is free
+    queue.finish(again.id, again.attempt)
+
+    waiting = raw.execute(
+        "SELECT count(*) FROM jobs WHERE series_id = ? AND status = 'waiting'",
+        (first.id,),
+    ).fetchone()[0]
+    assert waiting == 1
+
+
 def test_slots_missed_while_late_are_run_once(
     queue: Queue, clock: FakeClock, raw: sqlite3.Connection
 ) -> None:

@@ -258,13 +258,10 @@ START_SERIES = f"""
 UPDATE jobs SET series_id = id WHERE id = :job_id RETURNING {JOB_COLUMNS}
 """
 
-#: Whether an occurrence already has its successor.
-HAS_SUCCESSOR = "SELECT id FROM jobs WHERE follows = :job_id"
-
-#: Whether a series already has an occurrence for a slot.
-SLOT_TAKEN = (
-    "SELECT id FROM jobs WHERE series_id = :series_id AND scheduled_for = :slot"
-)
+#: Whether a series already has an occurrence after a slot (uses jobs_series_slot).
+LATER_OCCURRENCE = """
+SELECT id FROM jobs WHERE series_id = :series_id AND scheduled_for > :slot LIMIT 1
+"""
 
 #: Record the container running the current attempt (fenced by attempt).
 START_JOB = f"""
