@@ -133,7 +133,7 @@ class DockerRuntime(Runtime):
         init: bool = True,
     ) -> None:
         self.install = check_install(install)
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).absolute()
         self.base_url = base_url
         self.stop_grace = stop_grace
         self.init = init

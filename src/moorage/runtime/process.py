@@ -99,7 +99,9 @@ class ProcessRuntime(Runtime):
 
     def __init__(self, install: str, data_dir: Path, *, stop_grace: float = 10.0):
         self.install = check_install(install)
-        self.root = Path(data_dir) / "process"
+        # Absolute: the agent runs in its own folder, and the paths handed to
+        # it (input, inbox) must not depend on moorage's working directory.
+        self.root = Path(data_dir).absolute() / "process"
         self.stop_grace = stop_grace
 
     def ping(self) -> None:
