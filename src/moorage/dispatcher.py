@@ -339,6 +339,8 @@ class Dispatcher:
         output = self.queue.record_output(job, position, lines)
         if output.replies and self.deliverer is not None:
             self.deliverer.wake()
+        if output.received and self.metrics is not None:
+            self.metrics.follow_ups("received", len(output.received))
         if watch is not None:
             watch.job = replace(
                 watch.job, idle_since=output.idle_since, closing_at=output.closing_at
@@ -382,6 +384,8 @@ class Dispatcher:
         reason = self._close_reason(watch, waiting, now)
         if reason is not None:
             watch.job = self.queue.request_close(job.id, job.attempt, reason)
+            if self.metrics is not None:
+                self.metrics.close_requested(reason)
             logger.info(
                 "asking job %d attempt %d to close (%s)",
                 job.id,
@@ -400,6 +404,8 @@ class Dispatcher:
             offered = self.queue.offer(
                 job.id, job.attempt, self.settings.batch_messages
             )
+            if offered and self.metrics is not None:
+                self.metrics.follow_ups("offered", len(offered))
             for follow_up in offered:
                 watch.pending[follow_up.id] = follow_up
                 watch.offered_at = now

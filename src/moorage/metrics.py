@@ -18,6 +18,8 @@ from moorage.recovery import ActionKind, RecoveryReport
 
 #: The outcomes an attempt can end in; other values are counted as "other".
 OUTCOMES = ("completed", "retried", "failed", "timed_out", "lost", "released")
+#: Why an agent is asked to close (see the dispatcher), plus "other".
+CLOSE_REASONS = ("idle", "task", "slot", "shutdown", "other")
 
 _RUN_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
@@ -73,6 +75,23 @@ class Metrics:
         self._replies = Counter(
             "moorage_replies_delivered", "Replies accepted by the sink.", registry=r
         )
+        self._follow_ups = Counter(
+            "moorage_follow_ups",
+            "Follow-up messages, by step: offered to a running attempt, "
+            "received by its agent.",
+            ["step"],
+            registry=r,
+        )
+        self._closes = Counter(
+            "moorage_close_requests",
+            "Agents asked to close, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for step in ("offered", "received"):
+            self._follow_ups.labels(step)
+        for reason in CLOSE_REASONS:
+            self._closes.labels(reason)
         for outcome in (*OUTCOMES, "other"):
             self._attempts.labels(outcome)
         for kind in ActionKind:
@@ -104,6 +123,14 @@ class Metrics:
 
     def engine_error(self) -> None:
         self._engine_errors.inc()
+
+    def follow_ups(self, step: str, n: int = 1) -> None:
+        """``n`` follow-ups were offered (``step="offered"``) or received."""
+        if n > 0:
+            self._follow_ups.labels(step).inc(n)
+
+    def close_requested(self, reason: str) -> None:
+        self._closes.labels(reason if reason in CLOSE_REASONS else "other").inc()
 
     def reply_delivered(self, n: int = 1) -> None:
         if n > 0:

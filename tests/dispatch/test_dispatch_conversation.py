@@ -13,6 +13,7 @@ import pytest
 
 from moorage.clock import FakeClock
 from moorage.dispatcher import CLOSE_NAME, Dispatcher, DispatchSettings, inbox_name
+from moorage.metrics import Metrics
 from moorage.models import Status
 from moorage.outbox import Outbox
 from moorage.queue import Queue, RetryPolicy
@@ -345,3 +346,30 @@ def test_an_idle_conversation_gives_its_slot_to_a_waiting_group(queue, runtime):
     runtime.exit(closing[0], 0)
     dispatcher.step()
     assert queue.get(c.id).status is Status.ACTIVE
+
+
+def test_follow_ups_and_close_requests_are_counted(queue, runtime, clock):
+    metrics = Metrics()
+    job = queue.enqueue("g", "hello")
+    dispatcher = Dispatcher(
+        queue,
+        runtime,
+        DispatchSettings(max_concurrent=2, idle_timeout=30.0),
+        metrics=metrics,
+    )
+    dispatcher.step()
+    ref = runtime.ref_of(job.id)
+    follow = queue.enqueue("g", "more")
+    dispatcher.step()
+    runtime.emit(ref, line("received", id=follow.id), line("idle"))
+    dispatcher.step()
+    clock.advance(31)
+    dispatcher.step()
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert value("moorage_follow_ups_total", step="offered") == 1
+    assert value("moorage_follow_ups_total", step="received") == 1
+    assert value("moorage_close_requests_total", reason="idle") == 1
+    assert value("moorage_close_requests_total", reason="task") == 0
