@@ -37,20 +37,22 @@ def test_a_follow_up_reaches_the_running_container_and_is_answered(
     moorage: Moorage,
 ) -> None:
     first = moorage.enqueue("fam", "converse=60;reply=first", chat_jid="fam@chat")
-    moorage.start(env={"MOORAGE_IDLE_TIMEOUT": "4", "MOORAGE_CLOSE_GRACE": "3"})
-    eventually(lambda: texts(moorage) == ["first"])
+    # Idle long enough that a loaded machine still offers the follow-up
+    # before the conversation is closed.
+    moorage.start(env={"MOORAGE_IDLE_TIMEOUT": "8", "MOORAGE_CLOSE_GRACE": "3"})
+    eventually(lambda: texts(moorage) == ["first"], timeout=60)
     container = moorage.job(first)["container_id"]
 
     second = moorage.enqueue("fam", "reply=second", chat_jid="fam@chat")
 
-    eventually(lambda: texts(moorage) == ["first", "second"])
+    eventually(lambda: texts(moorage) == ["first", "second"], timeout=60)
     row = moorage.job(second)
     assert (row["status"], row["batch_of"], row["container_id"]) == (
         "active",
         first,
         container,
     )
-    eventually(lambda: moorage.status(first) == "completed", timeout=30)
+    eventually(lambda: moorage.status(first) == "completed", timeout=60)
     assert moorage.status(second) == "completed"
     assert any("asked to close (idle)" in e for e in moorage.events(first))
     assert any(f"received by job {first}" in e for e in moorage.events(second))
@@ -62,7 +64,7 @@ def test_a_follow_up_that_arrives_as_the_container_exits_runs_in_the_next_one(
     moorage: Moorage,
 ) -> None:
     # This agent never reads its inbox: it answers and exits.
-    first = moorage.enqueue("fam", "sleep=2;reply=first")
+    first = moorage.enqueue("fam", "sleep=4;reply=first")
     moorage.start(env=QUICK)
     eventually(lambda: moorage.job(first)["container_id"])
     container = moorage.job(first)["container_id"]
