@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-schemathesis = pytest.importorskip("schemathesis")
-
-from moorage.api import create_app, serve_http  # noqa: E402
-from moorage.queue import Queue  # noqa: E402
+from moorage.api import create_app, serve_http
+from moorage.queue import Queue
 
 MAX_BODY = 64 * 1024
 
