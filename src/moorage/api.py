@@ -170,6 +170,11 @@ class GroupOut(BaseModel):
     active_job: int | None
     container_id: str | None
     waiting: int
+    agent: Literal["working", "idle", "closing"] | None = Field(
+        default=None,
+        description="the running agent, as it last said: working on its input, "
+        "idle (waiting for more), or asked to close",
+    )
 
 
 class RuntimeOut(BaseModel):
@@ -456,20 +461,29 @@ class _KeyReused(InvalidTransition):
     pass
 
 
+def _agent_state(lead: Job) -> str:
+    if lead.closing_at is not None:
+        return "closing"
+    return "working" if lead.idle_since is None else "idle"
+
+
 def _status(
     queue: Queue, outbox: Outbox, dispatcher: Dispatcher | None
 ) -> dict[str, object]:
     snapshot = queue.status()
-    containers = {job.id: job.container_id for job in queue.active()}
-    groups = [
-        {
-            "group_id": g.group_id,
-            "active_job": g.active_job,
-            "container_id": containers.get(g.active_job) if g.active_job else None,
-            "waiting": g.waiting,
-        }
-        for g in snapshot.groups
-    ]
+    leads = {job.id: job for job in queue.active()}
+    groups = []
+    for g in snapshot.groups:
+        lead = leads.get(g.active_job) if g.active_job else None
+        groups.append(
+            {
+                "group_id": g.group_id,
+                "active_job": g.active_job,
+                "container_id": None if lead is None else lead.container_id,
+                "waiting": g.waiting,
+                "agent": None if lead is None else _agent_state(lead),
+            }
+        )
     runtime: dict[str, object] = {
         "name": None,
         "engine_ok": None,

@@ -463,8 +463,10 @@ def test_status_shows_groups_runtime_recovery_and_replies(
         "active_job": running.id,
         "container_id": "c0ffee",
         "waiting": 1,
+        "agent": "working",
     }
     assert groups["b"]["waiting"] == 1
+    assert groups["b"]["agent"] is None
     assert status["runtime"] == {
         "name": "still",
         "engine_ok": True,
@@ -474,6 +476,21 @@ def test_status_shows_groups_runtime_recovery_and_replies(
     assert status["replies"]["undelivered"] == 1
     assert status["replies"]["per_minute"][0] == 1
     assert status["recent_failures"] == []
+
+
+def test_status_shows_whether_a_groups_agent_is_idle_or_closing(
+    client: httpx.Client, queue: Queue
+) -> None:
+    queue.enqueue("a", "x")
+    queue.enqueue("b", "x")
+    first, second = queue.claim(2)
+    queue.record_output(first, 0, ['{"type": "idle"}'])
+    queue.request_close(second.id, second.attempt, "idle")
+
+    groups = {g["group_id"]: g for g in client.get("/v1/status").json()["groups"]}
+
+    assert groups[first.group_id]["agent"] == "idle"
+    assert groups[second.group_id]["agent"] == "closing"
 
 
 def test_status_lists_recent_failures(client: httpx.Client, queue: Queue) -> None:

@@ -18,7 +18,8 @@ function fill(id, items, draw, emptyText) {
   if (items.length === 0) {
     const row = document.createElement("tr");
     cell(row, emptyText, "muted");
-    row.firstChild.colSpan = 4;
+    // Span the whole table, whatever its number of columns.
+    row.firstChild.colSpan = body.closest("table").tHead.rows[0].cells.length;
     body.appendChild(row);
     return;
   }
@@ -55,6 +56,7 @@ function render(s) {
     cell(row, g.group_id);
     cell(row, g.active_job);
     cell(row, g.container_id ? g.container_id.slice(0, 12) : null);
+    cell(row, g.agent);
     cell(row, g.waiting, "num");
   }, "no group has work");
 
