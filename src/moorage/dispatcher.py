@@ -103,6 +103,7 @@ class _Watch:
     pending: dict[int, Job] = field(default_factory=dict)  # offered, not received
     offered_at: float = 0.0
     stopping: bool = False
+    close_reason: str = "idle"  # why it was asked to close, for close.json
 
 
 class Dispatcher:
@@ -197,6 +198,7 @@ class Dispatcher:
             fresh=False,
             pending={j.id: j for j in self.queue.offered(job.id)},
             offered_at=self.clock.now(),
+            close_reason=self.queue.close_reason(job.id, job.attempt) or "idle",
         )
         logger.info(
             "reclaimed job %d attempt %d in %s",
@@ -367,7 +369,7 @@ class Dispatcher:
         """Offer follow-ups to a running attempt, or close it when idle."""
         job = watch.job
         if job.closing_at is not None:
-            self._deliver_close(watch, "idle")
+            self._deliver_close(watch, watch.close_reason)
             if not watch.stopping and now >= job.closing_at + self.settings.close_grace:
                 watch.stopping = True
                 logger.info(
@@ -393,6 +395,7 @@ class Dispatcher:
                 reason,
                 extra={"action": "close", "job": job.id, "group": job.group_id},
             )
+            watch.close_reason = reason
             self._deliver_close(watch, reason)
             return
         if (

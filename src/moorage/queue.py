@@ -50,6 +50,10 @@ _SELECT_KEY = "SELECT job_id FROM idempotency_keys WHERE key = ?"
 _INSERT_KEY = "INSERT INTO idempotency_keys (key, job_id, created_at) VALUES (?, ?, ?)"
 
 
+#: How a request to close begins in a job's history: "asked to close (idle)".
+_CLOSE_DETAIL = "asked to close ("
+
+
 class StaleAttempt(InvalidTransition):
     """The attempt named is no longer the job's current one; nothing changed."""
 
@@ -690,9 +694,19 @@ class Queue:
                 Status.ACTIVE,
                 Status.ACTIVE,
                 attempt,
-                f"asked to close ({reason})",
+                f"{_CLOSE_DETAIL}{reason})",
             )
         return _job(row)
+
+    def close_reason(self, job_id: int, attempt: int) -> str | None:
+        """Why the attempt was asked to close (``request_close``), or None."""
+        with self.db.reading() as conn:
+            rows = conn.execute(q.SELECT_EVENTS, {"job_id": job_id}).fetchall()
+        for row in reversed(rows):
+            detail = row[6] or ""
+            if row[5] == attempt and detail.startswith(_CLOSE_DETAIL):
+                return detail[len(_CLOSE_DETAIL) :].removesuffix(")")
+        return None
 
     def cancel(self, job_id: int) -> Job:
         """Withdraw a waiting job.  Active jobs cannot be cancelled here."""

@@ -276,12 +276,13 @@ def test_a_close_request_survives_a_restart(queue, runtime, clock):
     first.step()
     ref = runtime.ref_of(job.id)
     claimed = queue.get(job.id)
-    queue.request_close(job.id, claimed.attempt, "idle")  # then the process dies
+    queue.request_close(job.id, claimed.attempt, "task")  # then the process dies
 
     second = make(queue, runtime)
     second.recover()
     second.step()
     assert runtime.writes == [(ref, CLOSE_NAME)]
+    assert runtime.containers[ref].inbox[CLOSE_NAME]["reason"] == "task"
     second.step()
     assert runtime.writes == [(ref, CLOSE_NAME)]
 
