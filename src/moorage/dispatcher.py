@@ -493,12 +493,11 @@ class Dispatcher:
             self._record(job, position, lines, watch)
         if watch is not None:
             job = watch.job
+        seconds = None
         elapsed = ""
         if container.started_at and container.finished_at:
-            elapsed = f" in {container.finished_at - container.started_at:.1f} s"
-        seconds = None
-        if container.started_at and container.finished_at:
             seconds = container.finished_at - container.started_at
+            elapsed = f" in {seconds:.1f} s"
         try:
             if job.closing_at is not None:
                 # Asked to close while idle: everything it took was answered,

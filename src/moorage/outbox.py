@@ -5,7 +5,8 @@ number in the attempt's output.  Reading the same output twice (after a
 reclaim, or a crash between reading and recording) records nothing twice.
 Delivery is a separate step with its own retries: a reply is marked
 delivered only after its sink accepted it, and undelivered replies survive
-restarts.
+restarts.  Output is recorded by :meth:`moorage.queue.Queue.record_output`,
+which also acts on the agent's signals in the same transaction.
 """
 
 from __future__ import annotations
@@ -167,19 +168,6 @@ class Outbox:
                 q.OUTPUT_POSITION, {"job_id": job.id, "attempt": job.attempt}
             ).fetchone()
         return 0 if row is None else int(row[0])
-
-    def record(self, job: Job, start: int, lines: Iterable[str]) -> int:
-        """Record the reply lines among ``lines`` (output lines ``start``… of
-        the job's current attempt) and advance the read position, in one
-        transaction.  Returns the number of replies newly recorded.  Signals
-        are ignored here; :meth:`moorage.queue.Queue.record_output` acts on
-        them in the same transaction as the replies."""
-        lines = list(lines)
-        if not lines:
-            return 0
-        with self.db.transaction() as conn:
-            added, _ = write_output(conn, job, start, lines, self.clock.now())
-        return added
 
     def due(self, limit: int = 100) -> list[Reply]:
         with self.db.reading() as conn:

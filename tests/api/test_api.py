@@ -17,7 +17,6 @@ from moorage.api import check_bind, create_app, serve_http
 from moorage.dispatcher import Dispatcher
 from moorage.errors import ConfigError
 from moorage.metrics import Metrics
-from moorage.outbox import Outbox
 from moorage.queue import Queue
 from moorage.recovery import RecoveryReport
 
@@ -77,7 +76,7 @@ def test_a_recurring_task_can_be_enqueued_and_a_repeating_message_is_refused(
 def test_job_detail_has_events_and_replies(client: httpx.Client, queue: Queue) -> None:
     job_id = _enqueue(client).json()["id"]
     (claimed,) = queue.claim(1)
-    Outbox(queue.db).record(claimed, 0, ['{"type": "reply", "text": "pasta"}', "log"])
+    queue.record_output(claimed, 0, ['{"type": "reply", "text": "pasta"}', "log"])
     queue.finish(job_id, claimed.attempt)
 
     detail = client.get(f"/v1/jobs/{job_id}").json()
@@ -450,7 +449,7 @@ def test_status_shows_groups_runtime_recovery_and_replies(
         queue.enqueue(group, "x")
     (running,) = queue.claim(1)
     queue.start(running.id, running.attempt, "c0ffee")
-    Outbox(queue.db).record(running, 0, ['{"type": "reply", "text": "hi"}'])
+    queue.record_output(running, 0, ['{"type": "reply", "text": "hi"}'])
 
     with httpx.Client(base_url=serve(dispatcher=dispatcher)) as client:
         status = client.get("/v1/status").json()

@@ -36,7 +36,7 @@ def test_deliverer_counts_accepted_replies_only(tmp_path: Path) -> None:
     queue.enqueue("family", "hi")
     (job,) = queue.claim(1)
     outbox = Outbox(queue.db, clock)
-    outbox.record(job, 0, ['{"type": "reply", "text": "one"}'] * 2)
+    queue.record_output(job, 0, ['{"type": "reply", "text": "one"}'] * 2)
     offered: list[int] = []
 
     def accept_all_but_the_first(reply: Reply) -> None:

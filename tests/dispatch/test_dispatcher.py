@@ -185,7 +185,7 @@ def test_reading_a_reclaimed_containers_output_again_records_nothing_twice(
     second.recover()
     runtime.emit(ref, reply("three"))
     second.step()
-    Outbox(queue.db).record(queue.get(job.id), 0, runtime.read_output(ref, 0))
+    queue.record_output(queue.get(job.id), 0, runtime.read_output(ref, 0))
     runtime.exit(ref, 0)
     second.step()
     assert [r.text for r in Outbox(queue.db).for_job(job.id)] == ["one", "two", "three"]

@@ -60,7 +60,7 @@ def test_webhook_retries_with_backoff_and_sends_an_idempotency_key(
     job = queue.enqueue("fam", "hi", chat_jid="1@g.us")
     (claimed,) = queue.claim(1)
     outbox = Outbox(queue.db, clock)
-    outbox.record(claimed, 0, ['{"type": "reply", "text": "hello"}'])
+    queue.record_output(claimed, 0, ['{"type": "reply", "text": "hello"}'])
     url = f"http://127.0.0.1:{receiver.server_address[1]}/replies"
     deliverer = Deliverer(outbox, WebhookSink(url), queue.install_id)
     try:
