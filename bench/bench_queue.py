@@ -115,16 +115,19 @@ def check_lanes(path: Path, waiting: int) -> None:
     """The lanes must agree with the jobs, or the figures mean nothing."""
     conn = sqlite3.connect(path)
     try:
-        per_group = dict(
+        heads = dict(
             conn.execute(
-                "SELECT group_id, count(*) FROM jobs WHERE status = 'waiting' "
+                "SELECT group_id, min(id) FROM jobs WHERE status = 'waiting' "
                 "GROUP BY group_id"
             ).fetchall()
         )
-        lanes = dict(conn.execute("SELECT group_id, waiting FROM lanes").fetchall())
+        lanes = dict(conn.execute("SELECT group_id, rank_job FROM lanes").fetchall())
+        (count,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE status = 'waiting'"
+        ).fetchone()
     finally:
         conn.close()
-    if lanes != per_group or sum(per_group.values()) < waiting:
+    if lanes != heads or count < waiting:
         raise SystemExit("setup failed: the lanes table disagrees with the jobs")
 
 

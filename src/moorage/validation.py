@@ -20,6 +20,10 @@ _JID_RE = re.compile(r"^[A-Za-z0-9._:@+\-]+$")
 
 
 def _has_control_or_unprintable(text: str) -> bool:
+    if text.isascii():
+        # The common case, without a look-up per character: ASCII's only
+        # unprintable characters are its controls (category Cc).
+        return not text.isprintable()
     # Categories C* are control, format, surrogate, private-use and unassigned
     # characters; Z[lp] are line and paragraph separators.
     return any(

@@ -94,8 +94,6 @@ def test_enqueue_writes_a_waiting_row_and_one_event(
     assert event_rows(raw, job.id) == [(None, "waiting", 0, None)]
     assert lane_row(raw, "family") == {
         "group_id": "family",
-        "active_job": None,
-        "waiting": 1,
         "rank_priority": 0,
         "rank_job": job.id,
         "held_until": 0.0,
@@ -116,9 +114,8 @@ def test_claim_start_finish_rows(
     assert row["attempt"] == 1
     assert row["started_at"] == clock.now()
     assert row["finished_at"] is None
-    lane = lane_row(raw, "g")
-    assert lane is not None
-    assert (lane["active_job"], lane["waiting"]) == (job.id, 0)
+    # nothing else waits: the lane is gone; the active row alone holds the group
+    assert lane_row(raw, "g") is None
 
     clock.advance(1)
     started = queue.start(job.id, 1, "c0ffee")
@@ -136,7 +133,7 @@ def test_claim_start_finish_rows(
     assert row["container_id"] == "c0ffee"
     assert row["last_error"] is None
     assert queue.get(job.id) == done
-    assert lane_row(raw, "g") is None  # no waiting, no active: lane forgotten
+    assert lane_row(raw, "g") is None
 
     assert event_rows(raw, job.id) == [
         (None, "waiting", 0, None),
@@ -184,8 +181,7 @@ def test_fail_with_retries_left_waits_out_a_backoff(
     )
     lane = lane_row(raw, "g")
     assert lane is not None
-    assert lane["active_job"] is None
-    assert lane["waiting"] == 1
+    assert lane["rank_job"] == job.id
     assert lane["held_until"] == lane["ready_at"] == clock.now() + 5.0
 
     clock.advance(5)
@@ -482,8 +478,7 @@ def test_cancel_only_waiting_jobs(
     assert row["status"] == "cancelled"
     assert row["finished_at"] == clock.now()
     assert event_rows(raw, waiting.id)[-1] == ("waiting", "cancelled", 0, "cancelled")
-    lane = lane_row(raw, "g")
-    assert lane is not None and lane["waiting"] == 0
+    assert lane_row(raw, "g") is None  # nothing waits any more
 
     queue.finish(active.id, 1)
     before = snapshot(raw)
@@ -1007,3 +1002,147 @@ def test_an_older_database_is_migrated_with_every_jobs_history_kept_in_order(
     queue.cancel(1)
     assert [e.to_status.value for e in queue.events(1)][-1] == "cancelled"
     assert [e.id for e in queue.events(1)] == [(1 << 20) + n for n in range(4)]
+
+
+def test_a_schema_4_database_keeps_its_ids_and_lanes_when_migrated(
+    data_dir: Path, make_queue: Callable[..., Queue]
+) -> None:
+    from moorage.store.sqlite import _split_statements
+
+    data_dir.mkdir(parents=True)
+    old = sqlite3.connect(data_dir / DB_FILENAME, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:4], start=1):
+        for statement in _split_statements(migration):
+            old.execute(statement)
+        old.execute(f"PRAGMA user_version = {number}")
+    old.execute("INSERT INTO meta (key, value) VALUES ('install_id', ?)", ("a" * 32,))
+    # g: two waiting (the newer one high); h: one running; job 5 was pruned,
+    # so AUTOINCREMENT's counter (5) is above the newest id (4).
+    for group, status, priority in [
+        ("g", "waiting", 1),
+        ("g", "waiting", 0),
+        ("h", "active", 1),
+        ("h", "completed", 1),
+        ("h", "completed", 1),
+    ]:
+        old.execute(
+            "INSERT INTO jobs (group_id, kind, status, priority, message_text, "
+            "enqueued_at, run_after, max_retries, attempt) "
+            "VALUES (?, 'message', ?, ?, 'x', 0, 0, 5, 1)",
+            (group, status, priority),
+        )
+    old.execute("DELETE FROM jobs WHERE id = 5")
+    old.execute(
+        "INSERT INTO lanes (group_id, active_job, waiting, rank_priority, rank_job, "
+        "held_until, ready_at) VALUES ('g', NULL, 2, 0, 2, 0, 0), "
+        "('h', 3, 0, NULL, NULL, 0, NULL)"
+    )
+    old.close()
+
+    queue = make_queue()
+
+    assert queue.db.schema_version == len(MIGRATIONS)
+    assert queue.db.meta("job_id_floor") == "5"
+    assert sorted((j.id, j.group_id, j.status) for j in queue.jobs()) == [
+        (1, "g", Status.WAITING),
+        (2, "g", Status.WAITING),
+        (3, "h", Status.ACTIVE),
+        (4, "h", Status.COMPLETED),
+    ]
+    assert [(g.group_id, g.active_job, g.waiting) for g in queue.status().groups] == [
+        ("g", None, 2),
+        ("h", 3, 0),
+    ]
+    assert queue.enqueue("h", "new").id == 6  # 5 is never given again
+    assert [j.id for j in queue.claim(10)] == [1]  # h is still busy with 3
+
+
+def test_job_ids_are_never_reused_after_the_newest_jobs_are_pruned(
+    queue: Queue, make_queue: Callable[..., Queue], clock: FakeClock
+) -> None:
+    for text in ("a", "b", "c"):
+        queue.enqueue("g", text)
+    job = claim_one(queue)
+    queue.finish(job.id, job.attempt)
+    queue.cancel(2)
+    queue.cancel(3)
+    clock.advance(8 * DAY)
+
+    assert queue.prune().total == 3
+    assert queue.jobs() == []
+    assert queue.enqueue("g", "d").id == 4
+    queue.close()
+
+    reopened = make_queue()
+    assert reopened.enqueue("g", "e").id == 5
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {
+            "kind": "task",
+            "chat_jid": "123@g.us",
+            "priority": "high",
+            "max_retries": 2,
+            "timeout": 30.0,
+        },
+        {"kind": "task", "run_after": 10_000.0, "priority": "low"},
+        {"kind": "task", "repeat": "15m"},
+    ],
+)
+def test_the_job_enqueue_returns_is_the_job_as_stored(
+    queue: Queue, options: dict[str, Any]
+) -> None:
+    queue.enqueue("g", "older")
+    job = queue.enqueue("g", "hi", **options)
+    assert queue.get(job.id) == job
+
+
+def test_job_fields_follow_the_column_order_of_reads() -> None:
+    import dataclasses
+
+    from moorage.models import Job
+    from moorage.store import queries
+
+    columns = [c.strip() for c in queries.JOB_COLUMNS.split(",")]
+    assert columns == [f.name for f in dataclasses.fields(Job)]
+
+
+def test_an_enqueue_behind_an_older_job_and_the_end_of_an_attempt_write_no_lane(
+    queue: Queue, raw: sqlite3.Connection
+) -> None:
+    raw.executescript(
+        """
+        CREATE TABLE lane_writes (op TEXT, group_id TEXT);
+        CREATE TRIGGER lane_inserted AFTER INSERT ON lanes
+        BEGIN INSERT INTO lane_writes VALUES ('insert', NEW.group_id); END;
+        CREATE TRIGGER lane_updated AFTER UPDATE ON lanes
+        BEGIN INSERT INTO lane_writes VALUES ('update', NEW.group_id); END;
+        CREATE TRIGGER lane_deleted AFTER DELETE ON lanes
+        BEGIN INSERT INTO lane_writes VALUES ('delete', OLD.group_id); END;
+        """
+    )
+
+    def writes() -> list[tuple[str, str]]:
+        found = [tuple(r) for r in raw.execute("SELECT op, group_id FROM lane_writes")]
+        raw.execute("DELETE FROM lane_writes")
+        return found
+
+    first = queue.enqueue("g", "one")
+    assert writes() == [("insert", "g")]
+    queue.enqueue("g", "two")
+    queue.enqueue("g", "three", priority="low")
+    assert writes() == []
+    urgent = queue.enqueue("g", "four", priority="high")
+    assert writes() == [("update", "g")]
+    lane = lane_row(raw, "g")
+    assert lane is not None and lane["rank_job"] == urgent.id
+
+    job = claim_one(queue)
+    assert job.id == first.id
+    writes()
+    queue.finish(job.id, job.attempt)
+    assert writes() == []
+    assert [j.id for j in queue.claim(1)] == [first.id + 1]

@@ -30,11 +30,12 @@ def statuses(raw: sqlite3.Connection) -> dict[int, tuple[str, int | None]]:
     }
 
 
-def lane(raw: sqlite3.Connection, group: str) -> tuple[Any, ...] | None:
-    found = raw.execute(
-        "SELECT active_job, waiting FROM lanes WHERE group_id = ?", (group,)
-    ).fetchone()
-    return None if found is None else tuple(found)
+def lane(queue: Queue, group: str) -> tuple[int | None, int] | None:
+    """The group as status shows it: (active job, waiting count), or None."""
+    for found in queue.status().groups:
+        if found.group_id == group:
+            return (found.active_job, found.waiting)
+    return None
 
 
 def received(job_id: int) -> str:
@@ -61,7 +62,7 @@ def test_waiting_messages_of_a_group_go_to_one_attempt_in_order(
         ids[0]: ("active", None),
         **{i: ("active", ids[0]) for i in ids[1:]},
     }
-    assert lane(raw, "g") == (ids[0], 0)
+    assert lane(queue, "g") == (ids[0], 0)
     assert [j.id for j in queue.active()] == [ids[0]]
     assert queue.status().counts["active"] == 5
 
@@ -112,7 +113,7 @@ def test_members_share_their_leads_success(
     assert all(row(raw, i)["status"] == "completed" for i in ids)
     assert row(raw, ids[2])["container_id"] == "c" * 64
     assert queue.events(ids[2])[-1].detail == f"completed with job {ids[0]} attempt 1"
-    assert lane(raw, "g") is None
+    assert lane(queue, "g") is None
 
 
 def test_a_retry_retries_the_whole_batch(
@@ -163,7 +164,7 @@ def test_a_released_batch_spends_no_retry(
     assert [(row(raw, i)["status"], row(raw, i)["retry_count"]) for i in ids] == [
         ("waiting", 0)
     ] * 3
-    assert lane(raw, "g") == (None, 3)
+    assert lane(queue, "g") == (None, 3)
 
 
 def test_a_member_cannot_be_settled_on_its_own(queue: Queue) -> None:
@@ -228,7 +229,7 @@ def test_a_follow_up_is_offered_then_joins_the_attempt_when_received(
     assert [j.id for j in out.received] == [follow]
     assert statuses(raw)[follow] == ("active", lead.id)
     assert row(raw, follow)["container_id"] == "c" * 64
-    assert lane(raw, "g") == (lead.id, 0)
+    assert lane(queue, "g") == (lead.id, 0)
     assert out.replies == 1
 
     queue.finish(lead.id, lead.attempt)

@@ -10,15 +10,18 @@ JOB_COLUMNS = (
     "scheduled_for, follows"
 )
 
-#: Add a new waiting job; returns it whole.
-INSERT_JOB = f"""
-INSERT INTO jobs (group_id, kind, status, priority, message_text, chat_jid,
+#: Add a new waiting job (the queue builds the Job from what it wrote).  Its id is one more than the
+#: larger of the newest id and the floor prune leaves (never reused).
+INSERT_JOB = """
+INSERT INTO jobs (id, group_id, kind, status, priority, message_text, chat_jid,
                   enqueued_at, run_after, max_retries, timeout,
                   repeat, series_id, scheduled_for, follows)
-VALUES (:group_id, :kind, 'waiting', :priority, :text, :chat_jid,
+VALUES (max(coalesce((SELECT max(id) FROM jobs), 0),
+            coalesce((SELECT CAST(value AS INTEGER) FROM meta
+                      WHERE key = 'job_id_floor'), 0)) + 1,
+        :group_id, :kind, 'waiting', :priority, :text, :chat_jid,
         :now, :run_after, :max_retries, :timeout,
         :repeat, :series_id, :scheduled_for, :follows)
-RETURNING {JOB_COLUMNS}
 """
 
 #: Append one transition to a job's history.
@@ -35,52 +38,45 @@ INSERT INTO events (id, job_id, at, from_status, to_status, attempt, detail)
 VALUES (:job_id << 20, :job_id, :now, NULL, 'waiting', 0, :detail)
 """
 
-#: Count a newly waiting job into its group's lane (creating the lane if new).
-#: All right-hand sides see the lane as it was before this statement.
+#: A job became waiting: create its group's lane, or move the lane's rank
+#: or due time if the job changes them.  The usual enqueue (behind an older
+#: job of the same or a higher priority, nothing on hold) writes nothing.
+#: Right-hand sides and the WHERE see the lane as it was.
 LANE_ADD_WAITING = """
-INSERT INTO lanes (group_id, active_job, waiting, rank_priority, rank_job, held_until, ready_at)
-VALUES (:group_id, NULL, 1, :priority, :job_id, 0, :ready_at)
+INSERT INTO lanes (group_id, rank_priority, rank_job, held_until, ready_at)
+VALUES (:group_id, :priority, :job_id, 0, :ready_at)
 ON CONFLICT (group_id) DO UPDATE SET
-    waiting = waiting + 1,
-    -- Ties go to the older job: a revived (retried) job can be older than the rank.
-    rank_job = CASE WHEN rank_priority IS NULL OR excluded.rank_priority < rank_priority
-                         OR (excluded.rank_priority = rank_priority
-                             AND excluded.rank_job < rank_job)
+    rank_priority = CASE WHEN (excluded.rank_priority, excluded.rank_job)
+                              < (rank_priority, rank_job)
+                         THEN excluded.rank_priority ELSE rank_priority END,
+    rank_job = CASE WHEN (excluded.rank_priority, excluded.rank_job)
+                         < (rank_priority, rank_job)
                     THEN excluded.rank_job ELSE rank_job END,
-    rank_priority = min(coalesce(rank_priority, 9), excluded.rank_priority),
-    ready_at = max(held_until, min(coalesce(ready_at, excluded.ready_at), excluded.ready_at))
+    ready_at = max(held_until, min(ready_at, excluded.ready_at))
+WHERE (excluded.rank_priority, excluded.rank_job) < (rank_priority, rank_job)
+   OR (excluded.ready_at < ready_at AND held_until < ready_at)
 """
 
-#: Count a newly waiting job into a lane whose rank it does not change (the
-#: usual case); touches no index.  No row changed: use LANE_ADD_WAITING.
-LANE_COUNT_WAITING = """
-UPDATE lanes SET
-    waiting = waiting + 1,
-    ready_at = max(held_until, min(coalesce(ready_at, :ready_at), :ready_at))
-WHERE group_id = :group_id AND rank_priority IS NOT NULL
-  AND (rank_priority < :priority OR (rank_priority = :priority AND rank_job < :job_id))
+#: The backoff hold of a group's lane (no row: the group has no lane).
+LANE_HOLD = "SELECT held_until FROM lanes WHERE group_id = :group_id"
+
+#: Write a group's recomputed lane.
+UPSERT_LANE = """
+INSERT INTO lanes (group_id, rank_priority, rank_job, held_until, ready_at)
+VALUES (:group_id, :rank_priority, :rank_job, :held_until, :ready_at)
+ON CONFLICT (group_id) DO UPDATE SET
+    rank_priority = excluded.rank_priority, rank_job = excluded.rank_job,
+    held_until = excluded.held_until, ready_at = excluded.ready_at
 """
 
-#: A group's attempt ended and it still has waiting jobs: free its lane (its
-#: rank and due time are unchanged).  No row changed: the lane is now empty.
-LANE_FREE = (
-    "UPDATE lanes SET active_job = NULL WHERE group_id = :group_id AND waiting > 0"
-)
-
-#: The lane of one group.
-SELECT_LANE = (
-    "SELECT active_job, waiting, held_until FROM lanes WHERE group_id = :group_id"
-)
-
-#: Write a lane's recomputed fields.
-UPDATE_LANE = """
-UPDATE lanes SET active_job = :active_job, waiting = :waiting, rank_priority = :rank_priority,
-                 rank_job = :rank_job, held_until = :held_until, ready_at = :ready_at
-WHERE group_id = :group_id
-"""
-
-#: Forget a group that has no waiting and no active job.
+#: Forget a group that has no waiting job.
 DELETE_LANE = "DELETE FROM lanes WHERE group_id = :group_id"
+
+#: Whether a group has a running attempt (uses jobs_one_active_per_group).
+_BUSY = (
+    "EXISTS (SELECT 1 FROM jobs WHERE jobs.group_id = lanes.group_id "
+    "AND status = 'active' AND batch_of IS NULL)"
+)
 
 # The per-group queries below read jobs_waiting, ordered by (group_id, kind,
 # priority, id): each probes it once per kind or per priority, so its cost
@@ -108,22 +104,20 @@ GROUP_RANK = (
     + ") WHERE id IS NOT NULL ORDER BY priority, id LIMIT 1"
 )
 
-#: A group's oldest waiting message: the oldest of each priority, then the
-#: oldest of those.
-GROUP_FIRST_MESSAGE = (
-    "SELECT id, run_after FROM jobs WHERE id = (SELECT min(id) FROM (\n"
+#: What a group's lane holds: its rank, and when it can next start a job if
+#: nothing holds it (its oldest message's due time, else its earliest task's;
+#: coalesce reads the tasks only when there is no message).  No row: the
+#: group has no waiting job.
+GROUP_LANE = (
+    "SELECT rank.priority, rank.id, coalesce((SELECT run_after FROM jobs "
+    "WHERE id = (SELECT min(id) FROM (\n"
     + _per_priority(
         "SELECT min(id) AS id FROM jobs WHERE group_id = :group_id "
         "AND kind = 'message' AND priority = {priority} AND status = 'waiting'"
     )
-    + "))"
+    + ")\n)), (SELECT min(run_after) FROM jobs WHERE group_id = :group_id "
+    "AND status = 'waiting' AND kind = 'task'))\nFROM (\n" + GROUP_RANK + "\n) AS rank"
 )
-
-#: When a group's earliest waiting task falls due.
-GROUP_FIRST_TASK_DUE = """
-SELECT min(run_after) FROM jobs
-WHERE group_id = :group_id AND status = 'waiting' AND kind = 'task'
-"""
 
 #: The due task a group runs before its messages: earliest due, then oldest.
 GROUP_DUE_TASK = """
@@ -141,22 +135,26 @@ WHERE group_id = :group_id AND status = 'waiting' AND retry_count > 0 AND run_af
 #: Number of running attempts (active leads; batch members ride along) for the cap.
 COUNT_ACTIVE = "SELECT count(*) FROM jobs WHERE status = 'active' AND batch_of IS NULL"
 
-#: Free groups with a due job, most urgent first (uses lanes_free_by_rank).
-READY_LANES = """
+#: Free groups with a due job, most urgent first: walks lanes_by_rank,
+#: passing over busy groups (at most the cap) and groups not yet due.
+READY_LANES = f"""
 SELECT group_id FROM lanes
-WHERE active_job IS NULL AND waiting > 0 AND ready_at <= :now
+WHERE ready_at <= :now AND NOT {_BUSY}
 ORDER BY rank_priority, rank_job LIMIT :limit
 """
 
-#: Groups with a running attempt and waiting jobs (candidates for follow-ups).
+#: Groups with a running attempt and waiting jobs (candidates for follow-ups),
+#: with their number of waiting jobs.
 BUSY_LANES = """
-SELECT group_id, waiting FROM lanes WHERE active_job IS NOT NULL AND waiting > 0
+SELECT group_id, waiting FROM (
+    SELECT lead.group_id, (SELECT count(*) FROM jobs
+                           WHERE group_id = lead.group_id AND status = 'waiting') AS waiting
+    FROM jobs AS lead WHERE lead.status = 'active' AND lead.batch_of IS NULL
+) WHERE waiting > 0
 """
 
 #: The earliest moment any free group can start a job.
-NEXT_READY_AT = """
-SELECT min(ready_at) FROM lanes WHERE active_job IS NULL AND waiting > 0
-"""
+NEXT_READY_AT = f"SELECT min(ready_at) FROM lanes WHERE NOT {_BUSY}"
 
 #: Move one waiting job to active under a new attempt number, as a lead.
 CLAIM_JOB = f"""
@@ -329,9 +327,16 @@ UNION ALL
 SELECT 'all', count(*) FROM jobs
 """
 
-#: Every group with waiting or active jobs.
+#: Every group with waiting or active jobs: its running lead and its
+#: number of waiting jobs (counted from jobs_waiting).
 SELECT_LANES = """
-SELECT group_id, active_job, waiting FROM lanes ORDER BY group_id
+SELECT g.group_id,
+       (SELECT id FROM jobs WHERE group_id = g.group_id AND status = 'active'
+                              AND batch_of IS NULL),
+       (SELECT count(*) FROM jobs WHERE group_id = g.group_id AND status = 'waiting')
+FROM (SELECT group_id FROM lanes
+      UNION SELECT group_id FROM jobs WHERE status = 'active' AND batch_of IS NULL) AS g
+ORDER BY g.group_id
 """
 
 #: Ids of finished jobs of one status older than a cut-off, a batch at a time
@@ -341,6 +346,15 @@ PRUNABLE_IDS = """
 SELECT id FROM jobs
 WHERE id > :after AND status = :status AND finished_at < :cutoff
 ORDER BY id LIMIT :limit
+"""
+
+#: Before prune deletes jobs: the next id stays above every id given so far.
+RAISE_JOB_ID_FLOOR = """
+INSERT INTO meta (key, value)
+SELECT 'job_id_floor', newest FROM (SELECT max(id) AS newest FROM jobs)
+WHERE newest IS NOT NULL
+ON CONFLICT (key) DO UPDATE SET
+    value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))
 """
 
 #: A pruned job's history (its range of event ids).

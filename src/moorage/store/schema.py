@@ -207,4 +207,104 @@ MIGRATIONS: list[str] = [
     CREATE INDEX lanes_free_by_rank ON lanes (rank_priority, rank_job)
         WHERE active_job IS NULL;
     """,
+    # 5: fewer pages per write.  Job ids without AUTOINCREMENT (its counter
+    #    row was one more page per enqueue); lanes only for groups with
+    #    waiting jobs, with no counter (an enqueue that leaves a group's rank
+    #    alone writes no lane) and no active-job column (the one-active index
+    #    already says which groups are busy, so ending an attempt writes no
+    #    lane either).
+    """
+    -- Ids still strictly increase and are never reused: a new job takes one
+    -- more than the larger of the newest id and meta's job_id_floor, which
+    -- prune raises to the newest id before it deletes anything.
+    INSERT INTO meta (key, value)
+    SELECT 'job_id_floor', seq FROM sqlite_sequence WHERE name = 'jobs'
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+    CREATE TABLE jobs_next (
+        id              INTEGER PRIMARY KEY,
+        group_id        TEXT    NOT NULL,
+        kind            TEXT    NOT NULL CHECK (kind IN ('message', 'task')),
+        status          TEXT    NOT NULL
+                        CHECK (status IN ('waiting', 'active', 'completed', 'failed', 'cancelled')),
+        priority        INTEGER NOT NULL CHECK (priority IN (0, 1, 2)),
+        message_text    TEXT    NOT NULL,
+        chat_jid        TEXT,
+        enqueued_at     REAL    NOT NULL,
+        run_after       REAL    NOT NULL,
+        started_at      REAL,
+        finished_at     REAL,
+        attempt         INTEGER NOT NULL DEFAULT 0,
+        retry_count     INTEGER NOT NULL DEFAULT 0,
+        max_retries     INTEGER NOT NULL,
+        timeout         REAL,
+        container_id    TEXT,
+        last_error      TEXT,
+        output_position INTEGER NOT NULL DEFAULT 0,
+        batch_of        INTEGER,
+        idle_since      REAL,
+        closing_at      REAL,
+        repeat          TEXT,
+        series_id       INTEGER,
+        scheduled_for   REAL,
+        follows         INTEGER
+    );
+    INSERT INTO jobs_next (id, group_id, kind, status, priority, message_text, chat_jid,
+                           enqueued_at, run_after, started_at, finished_at, attempt,
+                           retry_count, max_retries, timeout, container_id, last_error,
+                           output_position, batch_of, idle_since, closing_at, repeat,
+                           series_id, scheduled_for, follows)
+    SELECT id, group_id, kind, status, priority, message_text, chat_jid,
+           enqueued_at, run_after, started_at, finished_at, attempt,
+           retry_count, max_retries, timeout, container_id, last_error,
+           output_position, batch_of, idle_since, closing_at, repeat,
+           series_id, scheduled_for, follows
+    FROM jobs ORDER BY id;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_next RENAME TO jobs;
+
+    CREATE UNIQUE INDEX jobs_one_active_per_group ON jobs (group_id)
+        WHERE status = 'active' AND batch_of IS NULL;
+    CREATE INDEX jobs_members ON jobs (batch_of)
+        WHERE status = 'active' AND batch_of IS NOT NULL;
+    CREATE INDEX jobs_offers ON jobs (batch_of)
+        WHERE status = 'waiting' AND batch_of IS NOT NULL;
+    CREATE INDEX jobs_waiting ON jobs (group_id, kind, priority)
+        WHERE status = 'waiting';
+    CREATE INDEX jobs_failed ON jobs (status, finished_at)
+        WHERE status IN ('failed', 'cancelled');
+    CREATE UNIQUE INDEX jobs_series_slot ON jobs (series_id, scheduled_for)
+        WHERE series_id IS NOT NULL;
+    CREATE UNIQUE INDEX jobs_one_successor ON jobs (follows)
+        WHERE follows IS NOT NULL;
+    CREATE TRIGGER jobs_member_needs_lead
+    BEFORE UPDATE OF status, batch_of ON jobs
+    WHEN NEW.status = 'active' AND NEW.batch_of IS NOT NULL
+    BEGIN
+        SELECT RAISE(ABORT, 'a batch member needs an active lead in its own group')
+        WHERE NOT EXISTS (
+            SELECT 1 FROM jobs AS lead
+            WHERE lead.id = NEW.batch_of AND lead.status = 'active'
+              AND lead.batch_of IS NULL AND lead.group_id = NEW.group_id
+        );
+    END;
+
+    -- One row per group with waiting jobs (an empty lane is deleted): the
+    -- group's rank (priority and id of its most urgent waiting job), the
+    -- end of a backoff hold, and when it can next start a job.  Whether the
+    -- group is busy is read from jobs_one_active_per_group.
+    CREATE TABLE lanes_next (
+        group_id      TEXT    PRIMARY KEY,
+        rank_priority INTEGER NOT NULL,
+        rank_job      INTEGER NOT NULL,
+        held_until    REAL    NOT NULL DEFAULT 0,
+        ready_at      REAL    NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO lanes_next (group_id, rank_priority, rank_job, held_until, ready_at)
+    SELECT group_id, rank_priority, rank_job, held_until, coalesce(ready_at, held_until)
+    FROM lanes WHERE waiting > 0 AND rank_job IS NOT NULL;
+    DROP TABLE lanes;
+    ALTER TABLE lanes_next RENAME TO lanes;
+    CREATE INDEX lanes_by_rank ON lanes (rank_priority, rank_job);
+    """,
 ]
