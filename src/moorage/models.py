@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from moorage.errors import InvalidInput
+
 
 class Status(enum.StrEnum):
     WAITING = "waiting"  # durable and runnable once due; holds its place in its group
@@ -31,8 +33,6 @@ class Priority(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: str | int | Priority) -> Priority:
-        from moorage.errors import InvalidInput
-
         if isinstance(value, Priority):
             return value
         if isinstance(value, str):

@@ -26,7 +26,7 @@ import random
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from moorage import validation
 from moorage.clock import Clock, SystemClock
@@ -127,6 +127,9 @@ class PruneResult:
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _KINDS = {k.value: k for k in Kind}
 _STATUSES = {s.value: s for s in Status}
+#: The text stored for each status and kind, as a plain str: the driver
+#: binds a str subclass (an enum member) only after a slow adapter look-up.
+_SQL: dict[Status | Kind, str] = {m: m.value for m in (*Status, *Kind)}
 _PRIORITIES = {int(p): p for p in Priority}
 
 
@@ -244,43 +247,39 @@ class Queue:
                 known = conn.execute(_SELECT_KEY, (key,)).fetchone()
                 if known is not None:
                     return self._get(conn, known[0])
-            ready = now if due is None else due
-            if recurrence is not None and due is None:
-                ready = recurrence.first(now)
-            job = self._insert(
-                conn,
-                now,
-                {
-                    "group_id": group,
-                    "kind": job_kind.value,
-                    "priority": int(prio),
-                    "text": body,
-                    "chat_jid": jid,
-                    "run_after": ready,
-                    "max_retries": retries,
-                    "timeout": limit,
-                    "repeat": None if recurrence is None else recurrence.spec,
-                    "series_id": None,
-                    "scheduled_for": None if recurrence is None else ready,
-                    "follows": None,
-                },
-                None,
-            )
-            if recurrence is not None:
-                row = conn.execute(q.START_SERIES, {"job_id": job.id}).fetchone()
-                job = _job(row)
+            values = {
+                "group_id": group,
+                "kind": _SQL[job_kind],
+                "priority": int(prio),
+                "text": body,
+                "chat_jid": jid,
+                "now": now,
+                "run_after": now if due is None else due,
+                "max_retries": retries,
+                "timeout": limit,
+            }
+            if recurrence is None:
+                job = self._insert(conn, values)
+            else:
+                if due is None:
+                    values["run_after"] = recurrence.first(now)
+                values.update(
+                    repeat=recurrence.spec,
+                    series_id=None,
+                    scheduled_for=values["run_after"],
+                    follows=None,
+                )
+                job = self._insert(conn, values)
+                job = _change(conn, q.START_SERIES, {"job_id": job.id})
             if key is not None:
                 conn.execute(_INSERT_KEY, (key, job.id, now))
         return job
 
-    def _insert(
-        self,
-        conn: sqlite3.Connection,
-        now: float,
-        values: dict[str, Any],
-        detail: str | None,
-    ) -> Job:
-        cursor = conn.execute(q.INSERT_JOB, dict(values, now=now))
+    def _insert(self, conn: sqlite3.Connection, values: dict[str, Any]) -> Job:
+        """Insert a waiting job (an occurrence of a series when ``values``
+        names its ``repeat``) with its first event, and join its lane."""
+        series = "repeat" in values
+        cursor = conn.execute(q.INSERT_OCCURRENCE if series else q.INSERT_JOB, values)
         # The new row as SELECT_JOB would read it (the column defaults of
         # a waiting job; tests compare the two), without reading it back.
         job = _job(
@@ -288,11 +287,11 @@ class Queue:
                 cursor.lastrowid,
                 values["group_id"],
                 values["kind"],
-                Status.WAITING.value,
+                "waiting",
                 values["priority"],
                 values["text"],
                 values["chat_jid"],
-                now,
+                values["now"],
                 values["run_after"],
                 None,  # started_at
                 None,  # finished_at
@@ -305,15 +304,13 @@ class Queue:
                 None,  # batch_of
                 None,  # idle_since
                 None,  # closing_at
-                values["repeat"],
-                values["series_id"],
-                values["scheduled_for"],
-                values["follows"],
+                values["repeat"] if series else None,
+                values["series_id"] if series else None,
+                values["scheduled_for"] if series else None,
+                values["follows"] if series else None,
             )
         )
-        conn.execute(
-            q.INSERT_FIRST_EVENT, {"job_id": job.id, "now": now, "detail": detail}
-        )
+        conn.execute(q.INSERT_FIRST_EVENT, {"job_id": job.id})
         _join_lane(conn, job.group_id, job.priority, job.id, job.run_after)
         return job
 
@@ -374,16 +371,13 @@ class Queue:
         row = conn.execute(q.GROUP_DUE_TASK, {"group_id": group, "now": now}).fetchone()
         riders: list[int] = []
         if row is None:
-            rows = conn.execute(
-                q.GROUP_MESSAGES, {"group_id": group, "limit": batch.messages}
-            ).fetchall()
+            rows = _group_messages(conn, group, batch.messages)
             row = rows[0] if rows else None
             riders = batch.fit(rows)
         if row is None:
             self._refresh_lane(conn, group, now)  # the lane was stale; mend it
             return None
-        claimed = conn.execute(q.CLAIM_JOB, {"job_id": row[0], "now": now}).fetchone()
-        job = _job(claimed)
+        job = _change(conn, q.CLAIM_JOB, {"job_id": row[0], "now": now})
         detail = "claimed"
         if riders:
             detail = f"claimed with {len(riders)} more messages of the group"
@@ -391,10 +385,8 @@ class Queue:
             conn, job.id, now, Status.WAITING, Status.ACTIVE, job.attempt, detail
         )
         for rider in riders:
-            member = _job(
-                conn.execute(
-                    q.CLAIM_MEMBER, {"job_id": rider, "now": now, "lead": job.id}
-                ).fetchone()
+            member = _change(
+                conn, q.CLAIM_MEMBER, {"job_id": rider, "now": now, "lead": job.id}
             )
             self._event(
                 conn,
@@ -412,13 +404,13 @@ class Queue:
         """Record the container that runs the current attempt."""
         with self.db.transaction() as conn:
             now = self.clock.now()
-            row = conn.execute(
+            job = _changed(
+                conn,
                 q.START_JOB,
                 {"job_id": job_id, "attempt": attempt, "container_id": container_id},
-            ).fetchone()
-            if row is None:
+            )
+            if job is None:
                 self._stale(conn, job_id, attempt, "start")
-            job = _job(row)
             conn.execute(
                 q.START_MEMBERS, {"lead": job_id, "container_id": container_id}
             )
@@ -483,7 +475,8 @@ class Queue:
             if retryable and current.retry_count < current.max_retries:
                 number = current.retry_count + 1
                 delay = self.retry_policy.delay(number, self._rng)
-                row = conn.execute(
+                job = _change(
+                    conn,
                     q.REQUEUE_JOB,
                     {
                         "job_id": job_id,
@@ -492,8 +485,7 @@ class Queue:
                         "retry_count": number,
                         "error": error,
                     },
-                ).fetchone()
-                job = _job(row)
+                )
                 detail = (
                     f"{error}; retry {number}/{current.max_retries} in {delay:.1f}s"
                 )
@@ -558,7 +550,8 @@ class Queue:
         with self.db.transaction() as conn:
             now = self.clock.now()
             current = self._current(conn, job_id, attempt, "release")
-            row = conn.execute(
+            job = _change(
+                conn,
                 q.REQUEUE_JOB,
                 {
                     "job_id": job_id,
@@ -567,8 +560,7 @@ class Queue:
                     "retry_count": current.retry_count,
                     "error": reason,
                 },
-            ).fetchone()
-            job = _job(row)
+            )
             self._event(
                 conn,
                 job_id,
@@ -628,15 +620,9 @@ class Queue:
             due = {"group_id": lead.group_id, "now": now}
             if conn.execute(q.GROUP_DUE_TASK, due).fetchone() is not None:
                 return []
-            rows = conn.execute(
-                q.GROUP_MESSAGES, {"group_id": lead.group_id, "limit": limit}
-            ).fetchall()
             offered = []
-            for job_id, _ in rows:
-                row = conn.execute(
-                    q.OFFER_JOB, {"job_id": job_id, "lead": lead_id}
-                ).fetchone()
-                job = _job(row)
+            for job_id, _ in _group_messages(conn, lead.group_id, limit):
+                job = _change(conn, q.OFFER_JOB, {"job_id": job_id, "lead": lead_id})
                 self._event(
                     conn,
                     job.id,
@@ -688,10 +674,10 @@ class Queue:
         is only asked when idle, with everything it took answered."""
         with self.db.transaction() as conn:
             now = self.clock.now()
-            row = conn.execute(
-                q.CLOSE_JOB, {"job_id": lead_id, "attempt": attempt, "now": now}
-            ).fetchone()
-            if row is None:
+            closed = _changed(
+                conn, q.CLOSE_JOB, {"job_id": lead_id, "attempt": attempt, "now": now}
+            )
+            if closed is None:
                 return self._current(conn, lead_id, attempt, "close")
             self._event(
                 conn,
@@ -702,7 +688,7 @@ class Queue:
                 attempt,
                 f"{_CLOSE_DETAIL}{reason})",
             )
-        return _job(row)
+        return closed
 
     def close_reason(self, job_id: int, attempt: int) -> str | None:
         """Why the attempt was asked to close (``request_close``), or None."""
@@ -718,8 +704,8 @@ class Queue:
         """Withdraw a waiting job.  Active jobs cannot be cancelled here."""
         with self.db.transaction() as conn:
             now = self.clock.now()
-            row = conn.execute(q.CANCEL_JOB, {"job_id": job_id, "now": now}).fetchone()
-            if row is None:
+            cancelled = _changed(conn, q.CANCEL_JOB, {"job_id": job_id, "now": now})
+            if cancelled is None:
                 job = self._get(conn, job_id)
                 if job.status is Status.WAITING:
                     raise InvalidTransition(
@@ -729,7 +715,7 @@ class Queue:
                 raise InvalidTransition(
                     f"job {job_id} is {job.status.value}; only waiting jobs can be cancelled"
                 )
-            job = _job(row)
+            job = cancelled
             self._event(
                 conn,
                 job_id,
@@ -747,13 +733,13 @@ class Queue:
         with self.db.transaction() as conn:
             now = self.clock.now()
             before = self._get(conn, job_id).status
-            row = conn.execute(q.RETRY_JOB, {"job_id": job_id, "now": now}).fetchone()
-            if row is None:
+            revived = _changed(conn, q.RETRY_JOB, {"job_id": job_id, "now": now})
+            if revived is None:
                 raise InvalidTransition(
                     f"job {job_id} is {before.value}; "
                     "only failed or cancelled jobs can be retried"
                 )
-            job = _job(row)
+            job = revived
             self._event(conn, job_id, now, before, Status.WAITING, job.attempt, "retry")
             _join_lane(conn, job.group_id, job.priority, job_id, now)
         return job
@@ -930,7 +916,8 @@ class Queue:
     def _receive(
         self, conn: sqlite3.Connection, lead: Job, job_id: int, now: float
     ) -> Job | None:
-        row = conn.execute(
+        job = _changed(
+            conn,
             q.RECEIVE_JOB,
             {
                 "job_id": job_id,
@@ -938,10 +925,9 @@ class Queue:
                 "now": now,
                 "container_id": lead.container_id,
             },
-        ).fetchone()
-        if row is None:  # not offered to this attempt, or received already
+        )
+        if job is None:  # not offered to this attempt, or received already
             return None
-        job = _job(row)
         self._event(
             conn,
             job.id,
@@ -964,10 +950,12 @@ class Queue:
     ) -> None:
         """Members share their lead's final outcome; offers not received go
         back in line."""
-        rows = conn.execute(
-            q.FINISH_MEMBERS,
-            {"lead": lead.id, "status": status.value, "now": now, "error": error},
-        ).fetchall()
+        rows = _update_each(
+            conn,
+            q.MEMBER_IDS,
+            q.FINISH_MEMBER,
+            {"lead": lead.id, "status": _SQL[status], "now": now, "error": error},
+        )
         detail = f"{status.value} with job {lead.id} attempt {lead.attempt}"
         self._member_events(conn, rows, now, status, detail)
         self._withdraw_offers(conn, lead, now)
@@ -983,15 +971,17 @@ class Queue:
     ) -> None:
         """Members go back to waiting with their lead, due when it is (a
         retry retries the whole batch)."""
-        rows = conn.execute(
-            q.REQUEUE_MEMBERS,
+        rows = _update_each(
+            conn,
+            q.MEMBER_IDS,
+            q.REQUEUE_MEMBER,
             {
                 "lead": lead.id,
                 "run_after": lead.run_after,
                 "spent": spent,
                 "error": error,
             },
-        ).fetchall()
+        )
         detail = f"back to waiting with job {lead.id} attempt {lead.attempt}"
         self._member_events(conn, rows, now, Status.WAITING, detail)
         self._withdraw_offers(conn, lead, now)
@@ -1008,7 +998,8 @@ class Queue:
             self._event(conn, member, now, Status.ACTIVE, after, member_attempt, detail)
 
     def _withdraw_offers(self, conn: sqlite3.Connection, lead: Job, now: float) -> None:
-        for job_id, job_attempt in conn.execute(q.WITHDRAW_OFFERS, {"lead": lead.id}):
+        offers = _update_each(conn, q.OFFER_IDS, q.WITHDRAW_OFFER, {"lead": lead.id})
+        for job_id, job_attempt in offers:
             self._event(
                 conn,
                 job_id,
@@ -1034,13 +1025,13 @@ class Queue:
         slot = parse_repeat(job.repeat).next_slot(current_slot, now)
         successor = self._insert(
             conn,
-            now,
             {
                 "group_id": job.group_id,
-                "kind": job.kind.value,
+                "kind": _SQL[job.kind],
                 "priority": int(job.priority),
                 "text": job.message_text,
                 "chat_jid": job.chat_jid,
+                "now": now,
                 "run_after": slot,
                 "max_retries": job.max_retries,
                 "timeout": job.timeout,
@@ -1049,7 +1040,6 @@ class Queue:
                 "scheduled_for": slot,
                 "follows": job.id,
             },
-            f"next occurrence after job {job.id}",
         )
         logger.info(
             "scheduled job %d (next of series %d) for %.0f",
@@ -1061,7 +1051,7 @@ class Queue:
 
     def _stale(
         self, conn: sqlite3.Connection, job_id: int, attempt: int, verb: str
-    ) -> None:
+    ) -> NoReturn:
         job = self._get(conn, job_id)
         if job.batch_of is not None and job.status is Status.ACTIVE:
             raise InvalidTransition(
@@ -1083,22 +1073,23 @@ class Queue:
         now: float,
         verb: str,
     ) -> Job:
-        row = conn.execute(
+        job = _changed(
+            conn,
             q.FINISH_JOB,
             {
                 "job_id": job_id,
                 "attempt": attempt,
-                "status": status.value,
+                "status": _SQL[status],
                 "now": now,
                 "error": error,
             },
-        ).fetchone()
-        if row is None:
+        )
+        if job is None:
             self._stale(conn, job_id, attempt, verb)
         # Ending an attempt changes no waiting job, so the group's lane (if
         # it has one) is already right, and the group is free once this row
         # leaves jobs_one_active_per_group.
-        return _job(row)
+        return job
 
     @staticmethod
     def _event(
@@ -1115,8 +1106,8 @@ class Queue:
             {
                 "job_id": job_id,
                 "now": now,
-                "from_status": None if before is None else before.value,
-                "to_status": after.value,
+                "from_status": None if before is None else _SQL[before],
+                "to_status": _SQL[after],
                 "attempt": attempt,
                 "detail": detail,
             },
@@ -1151,11 +1142,19 @@ class Queue:
                     q.GROUP_HOLD, {"group_id": group, "now": now}
                 ).fetchone()
                 held_until = held or 0.0
-        row = conn.execute(q.GROUP_LANE, {"group_id": group}).fetchone()
-        if row is None:
+        *heads, natural = conn.execute(q.GROUP_HEADS, {"group_id": group}).fetchone()
+        rank = min(
+            (
+                (priority, job_id)
+                for priority, job_id in zip(_HEAD_PRIORITIES, heads, strict=True)
+                if job_id is not None
+            ),
+            default=None,
+        )
+        if rank is None:
             conn.execute(q.DELETE_LANE, {"group_id": group})
             return
-        rank_priority, rank_job, natural = row
+        rank_priority, rank_job = rank
         conn.execute(
             q.UPSERT_LANE,
             {
@@ -1186,6 +1185,51 @@ def _join_lane(
             "ready_at": ready_at,
         },
     )
+
+
+#: The priority of each id GROUP_HEADS returns, in its order.
+_HEAD_PRIORITIES = (0, 0, 1, 1, 2, 2)
+
+
+def _changed(
+    conn: sqlite3.Connection, update: str, params: dict[str, Any]
+) -> Job | None:
+    """Run an UPDATE of the one job ``params["job_id"]`` and read it back,
+    or None when the UPDATE matched nothing (see store/queries.py for why
+    this is not ``RETURNING``)."""
+    if conn.execute(update, params).rowcount == 0:
+        return None
+    return _job(conn.execute(q.SELECT_JOB, params).fetchone())
+
+
+def _change(conn: sqlite3.Connection, update: str, params: dict[str, Any]) -> Job:
+    """:func:`_changed` for a job the transaction already found in the state
+    the UPDATE expects."""
+    job = _changed(conn, update, params)
+    if job is None:
+        raise InvalidTransition(
+            f"job {params['job_id']} changed under its own write transaction"
+        )
+    return job
+
+
+def _update_each(
+    conn: sqlite3.Connection, select: str, update: str, params: dict[str, Any]
+) -> list[tuple[int, int]]:
+    """Select (id, attempt) rows, then update each by id; returns the rows."""
+    rows: list[tuple[int, int]] = conn.execute(select, params).fetchall()
+    if rows:
+        conn.executemany(update, [dict(params, job_id=row[0]) for row in rows])
+    return rows
+
+
+def _group_messages(
+    conn: sqlite3.Connection, group: str, limit: int
+) -> list[tuple[int, int]]:
+    """A group's oldest ``limit`` waiting messages not offered to an attempt,
+    as (id, size in bytes), merging the per-priority heads by id."""
+    rows = conn.execute(q.GROUP_MESSAGES, {"group_id": group, "limit": limit})
+    return sorted(rows)[:limit]
 
 
 def _kind(value: str | Kind) -> Kind:

@@ -1,6 +1,15 @@
 """Every SQL statement the queue runs, each named and explained in one line.
 
 Named parameters throughout; nothing is ever formatted into SQL text.
+
+The statements the queue runs on every enqueue, claim and finish open no
+temporary b-tree (tests/queue/test_query_plans.py checks it): SQLite builds
+one for ``RETURNING``, for a sort the index does not give, for ``IN`` over
+a list of more than two values or a subquery, and for an ``UPDATE`` of
+several rows found through an index it changes; each costs more than the
+rest of the statement.  So single-row updates are read back by rowid
+(``SELECT_JOB``), rows to update are selected first, and per-priority
+probes are merged in Python.
 """
 
 JOB_COLUMNS = (
@@ -10,15 +19,28 @@ JOB_COLUMNS = (
     "scheduled_for, follows"
 )
 
-#: Add a new waiting job (the queue builds the Job from what it wrote).  Its id is one more than the
-#: larger of the newest id and the floor prune leaves (never reused).
-INSERT_JOB = """
+# A new job's id is one more than the larger of the newest id and the floor
+# prune leaves, so ids are never reused.
+_NEXT_JOB_ID = """max(coalesce((SELECT max(id) FROM jobs), 0),
+            coalesce((SELECT CAST(value AS INTEGER) FROM meta
+                      WHERE key = 'job_id_floor'), 0)) + 1"""
+
+#: Add a new waiting job (the queue builds the Job from what it wrote).
+INSERT_JOB = f"""
+INSERT INTO jobs (id, group_id, kind, status, priority, message_text, chat_jid,
+                  enqueued_at, run_after, max_retries, timeout)
+VALUES ({_NEXT_JOB_ID},
+        :group_id, :kind, 'waiting', :priority, :text, :chat_jid,
+        :now, :run_after, :max_retries, :timeout)
+"""
+
+#: Add a new waiting occurrence of a recurring task (INSERT_JOB with its
+#: series: kept apart so that a plain job binds no NULL series values).
+INSERT_OCCURRENCE = f"""
 INSERT INTO jobs (id, group_id, kind, status, priority, message_text, chat_jid,
                   enqueued_at, run_after, max_retries, timeout,
                   repeat, series_id, scheduled_for, follows)
-VALUES (max(coalesce((SELECT max(id) FROM jobs), 0),
-            coalesce((SELECT CAST(value AS INTEGER) FROM meta
-                      WHERE key = 'job_id_floor'), 0)) + 1,
+VALUES ({_NEXT_JOB_ID},
         :group_id, :kind, 'waiting', :priority, :text, :chat_jid,
         :now, :run_after, :max_retries, :timeout,
         :repeat, :series_id, :scheduled_for, :follows)
@@ -32,10 +54,12 @@ VALUES ((SELECT coalesce(max(id) + 1, :job_id << 20) FROM events
         :job_id, :now, :from_status, :to_status, :attempt, :detail)
 """
 
-#: The first event of a new job: its range of event ids starts at job_id << 20.
+#: The first event of a new job, from its row: its range of event ids starts
+#: at job_id << 20; a series' next occurrence names the one it follows.
 INSERT_FIRST_EVENT = """
 INSERT INTO events (id, job_id, at, from_status, to_status, attempt, detail)
-VALUES (:job_id << 20, :job_id, :now, NULL, 'waiting', 0, :detail)
+SELECT id << 20, id, enqueued_at, NULL, 'waiting', 0, 'next occurrence after job ' || follows
+FROM jobs WHERE id = :job_id
 """
 
 #: A job became waiting: create its group's lane, or move the lane's rank
@@ -79,8 +103,9 @@ _BUSY = (
 )
 
 # The per-group queries below read jobs_waiting, ordered by (group_id, kind,
-# priority, id): each probes it once per kind or per priority, so its cost
-# does not depend on how many jobs the group has waiting.
+# priority, id), and jobs_due_tasks, ordered by (group_id, run_after, id):
+# each probes an index once per kind or per priority, so its cost does not
+# depend on how many jobs the group has waiting.
 
 
 def _per_priority(select: str) -> str:
@@ -88,38 +113,40 @@ def _per_priority(select: str) -> str:
     return "\nUNION ALL\n".join(select.format(priority=p) for p in (0, 1, 2))
 
 
-#: A group's most urgent waiting job: the oldest job of each priority and
-#: kind, then the most urgent (older on a tie) of those.
-GROUP_RANK = (
-    "SELECT priority, id FROM (\n"
-    + _per_priority(
-        # A bare min(id) per probe: SQLite then reads one index entry.
-        "SELECT {priority} AS priority, (SELECT min(id) FROM jobs "
-        "WHERE group_id = :group_id AND kind = 'message' AND priority = {priority} "
-        "AND status = 'waiting') AS id UNION ALL "
-        "SELECT {priority}, (SELECT min(id) FROM jobs "
-        "WHERE group_id = :group_id AND kind = 'task' AND priority = {priority} "
-        "AND status = 'waiting')"
+#: Above every job id: min() over the three message heads ignores a missing one.
+_NEVER = 2**63 - 1
+
+
+def _probe(kind: str, priority: int) -> str:
+    """The oldest waiting job of one kind and priority in a group: a bare
+    min(id) over an equality prefix of jobs_waiting reads one entry."""
+    return (
+        f"(SELECT min(id) FROM jobs WHERE group_id = :group_id AND kind = '{kind}' "
+        f"AND priority = {priority} AND status = 'waiting')"
     )
-    + ") WHERE id IS NOT NULL ORDER BY priority, id LIMIT 1"
+
+
+#: A group's heads in one row: the oldest waiting message and task of each
+#: priority (message 0, task 0, message 1, task 1, message 2, task 2), then
+#: when the group can next start a job if nothing holds it: its oldest
+#: message's due time, else its earliest task's (coalesce reads the tasks
+#: only when there is no message).  The queue ranks the six ids itself.
+GROUP_HEADS = (
+    f"SELECT m0, t0, m1, t1, m2, t2, coalesce("
+    f"(SELECT run_after FROM jobs WHERE id = min(coalesce(m0, {_NEVER}), "
+    f"coalesce(m1, {_NEVER}), coalesce(m2, {_NEVER}))), "
+    "(SELECT min(run_after) FROM jobs WHERE group_id = :group_id "
+    "AND status = 'waiting' AND kind = 'task'))\nFROM (SELECT "
+    + ", ".join(
+        f"{_probe(kind, p)} AS {kind[0]}{p}"
+        for p in (0, 1, 2)
+        for kind in ("message", "task")
+    )
+    + ")"
 )
 
-#: What a group's lane holds: its rank, and when it can next start a job if
-#: nothing holds it (its oldest message's due time, else its earliest task's;
-#: coalesce reads the tasks only when there is no message).  No row: the
-#: group has no waiting job.
-GROUP_LANE = (
-    "SELECT rank.priority, rank.id, coalesce((SELECT run_after FROM jobs "
-    "WHERE id = (SELECT min(id) FROM (\n"
-    + _per_priority(
-        "SELECT min(id) AS id FROM jobs WHERE group_id = :group_id "
-        "AND kind = 'message' AND priority = {priority} AND status = 'waiting'"
-    )
-    + ")\n)), (SELECT min(run_after) FROM jobs WHERE group_id = :group_id "
-    "AND status = 'waiting' AND kind = 'task'))\nFROM (\n" + GROUP_RANK + "\n) AS rank"
-)
-
-#: The due task a group runs before its messages: earliest due, then oldest.
+#: The due task a group runs before its messages: earliest due, then oldest
+#: (in the order of jobs_due_tasks, so without a sort).
 GROUP_DUE_TASK = """
 SELECT id FROM jobs
 WHERE group_id = :group_id AND status = 'waiting' AND kind = 'task' AND run_after <= :now
@@ -157,33 +184,29 @@ SELECT group_id, waiting FROM (
 NEXT_READY_AT = f"SELECT min(ready_at) FROM lanes WHERE NOT {_BUSY}"
 
 #: Move one waiting job to active under a new attempt number, as a lead.
-CLAIM_JOB = f"""
+CLAIM_JOB = """
 UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
                 finished_at = NULL, container_id = NULL, output_position = 0,
                 batch_of = NULL, idle_since = NULL, closing_at = NULL
 WHERE id = :job_id AND status = 'waiting'
-RETURNING {JOB_COLUMNS}
 """
 
 #: Move one waiting message to active as a member of its lead's batch.
-CLAIM_MEMBER = f"""
+CLAIM_MEMBER = """
 UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
                 finished_at = NULL, container_id = NULL, output_position = 0,
                 batch_of = :lead
 WHERE id = :job_id AND status = 'waiting'
-RETURNING {JOB_COLUMNS}
 """
 
-#: A group's waiting messages not offered to a running attempt, oldest first,
-#: with their size in bytes (the candidates for a batch or a follow-up).
-GROUP_MESSAGES = (
-    "SELECT id, length(CAST(message_text AS BLOB)) FROM jobs WHERE id IN (\n"
-    + _per_priority(
-        "SELECT * FROM (SELECT id FROM jobs WHERE group_id = :group_id "
-        "AND kind = 'message' AND priority = {priority} AND status = 'waiting' "
-        "AND batch_of IS NULL ORDER BY id LIMIT :limit)"
-    )
-    + ") ORDER BY id LIMIT :limit"
+#: A group's waiting messages not offered to a running attempt, with their
+#: size in bytes (the candidates for a batch or a follow-up): the oldest
+#: ``limit`` of each priority, each in index order; the queue merges them
+#: by id (a sort here would need a temporary b-tree).
+GROUP_MESSAGES = _per_priority(
+    "SELECT * FROM (SELECT id, length(CAST(message_text AS BLOB)) FROM jobs "
+    "WHERE group_id = :group_id AND kind = 'message' AND priority = {priority} "
+    "AND status = 'waiting' AND batch_of IS NULL ORDER BY id LIMIT :limit)"
 )
 
 #: The members riding on a lead's current attempt, in order.
@@ -197,39 +220,41 @@ SELECT {JOB_COLUMNS} FROM jobs WHERE batch_of = :lead AND status = 'waiting' ORD
 """
 
 #: Offer a waiting message to a lead's running attempt as a follow-up.
-OFFER_JOB = f"""
+OFFER_JOB = """
 UPDATE jobs SET batch_of = :lead
 WHERE id = :job_id AND status = 'waiting' AND kind = 'message' AND batch_of IS NULL
-RETURNING {JOB_COLUMNS}
 """
 
 #: The agent took an offered follow-up: it joins the attempt as a member.
-RECEIVE_JOB = f"""
+RECEIVE_JOB = """
 UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
                 container_id = :container_id, output_position = 0
 WHERE id = :job_id AND status = 'waiting' AND batch_of = :lead
-RETURNING {JOB_COLUMNS}
 """
 
-#: Follow-ups never received go back in line, in their old place.
-WITHDRAW_OFFERS = """
-UPDATE jobs SET batch_of = NULL WHERE batch_of = :lead AND status = 'waiting'
-RETURNING id, attempt
+#: The members riding on a lead's current attempt (jobs_members), to settle.
+MEMBER_IDS = "SELECT id, attempt FROM jobs WHERE batch_of = :lead AND status = 'active'"
+
+#: The follow-ups offered to a lead's attempt (jobs_offers), to withdraw.
+OFFER_IDS = "SELECT id, attempt FROM jobs WHERE batch_of = :lead AND status = 'waiting'"
+
+#: A follow-up never received goes back in line, in its old place.
+WITHDRAW_OFFER = """
+UPDATE jobs SET batch_of = NULL
+WHERE id = :job_id AND batch_of = :lead AND status = 'waiting'
 """
 
-#: Members share their lead's final outcome.
-FINISH_MEMBERS = """
+#: A member shares its lead's final outcome.
+FINISH_MEMBER = """
 UPDATE jobs SET status = :status, finished_at = :now, last_error = :error
-WHERE batch_of = :lead AND status = 'active'
-RETURNING id, attempt
+WHERE id = :job_id AND batch_of = :lead AND status = 'active'
 """
 
-#: Members go back to waiting with their lead (a retry retries the batch).
-REQUEUE_MEMBERS = """
+#: A member goes back to waiting with its lead (a retry retries the batch).
+REQUEUE_MEMBER = """
 UPDATE jobs SET status = 'waiting', batch_of = NULL, run_after = :run_after,
                 retry_count = retry_count + :spent, last_error = :error
-WHERE batch_of = :lead AND status = 'active'
-RETURNING id, attempt
+WHERE id = :job_id AND batch_of = :lead AND status = 'active'
 """
 
 #: Members run in their lead's container.
@@ -244,16 +269,15 @@ WHERE id = :job_id AND attempt = :attempt AND status = 'active'
 """
 
 #: Record that moorage asked a lead's agent to close (once per attempt).
-CLOSE_JOB = f"""
+CLOSE_JOB = """
 UPDATE jobs SET closing_at = :now
 WHERE id = :job_id AND attempt = :attempt AND status = 'active' AND batch_of IS NULL
   AND closing_at IS NULL
-RETURNING {JOB_COLUMNS}
 """
 
 #: A recurring task starts its own series.
-START_SERIES = f"""
-UPDATE jobs SET series_id = id WHERE id = :job_id RETURNING {JOB_COLUMNS}
+START_SERIES = """
+UPDATE jobs SET series_id = id WHERE id = :job_id
 """
 
 #: Whether a series already has an occurrence after a slot (uses jobs_series_slot).
@@ -262,40 +286,35 @@ SELECT id FROM jobs WHERE series_id = :series_id AND scheduled_for > :slot LIMIT
 """
 
 #: Record the container running the current attempt (fenced by attempt).
-START_JOB = f"""
+START_JOB = """
 UPDATE jobs SET container_id = :container_id
 WHERE id = :job_id AND status = 'active' AND attempt = :attempt AND batch_of IS NULL
-RETURNING {JOB_COLUMNS}
 """
 
 #: Move the current attempt's job to a final status (fenced by attempt).
-FINISH_JOB = f"""
+FINISH_JOB = """
 UPDATE jobs SET status = :status, finished_at = :now, last_error = :error
 WHERE id = :job_id AND status = 'active' AND attempt = :attempt AND batch_of IS NULL
-RETURNING {JOB_COLUMNS}
 """
 
 #: Put the current attempt's job back to waiting (fenced by attempt).
-REQUEUE_JOB = f"""
+REQUEUE_JOB = """
 UPDATE jobs SET status = 'waiting', run_after = :run_after, retry_count = :retry_count,
                 last_error = :error
 WHERE id = :job_id AND status = 'active' AND attempt = :attempt AND batch_of IS NULL
-RETURNING {JOB_COLUMNS}
 """
 
 #: Withdraw a waiting job (not one offered to a running attempt).
-CANCEL_JOB = f"""
+CANCEL_JOB = """
 UPDATE jobs SET status = 'cancelled', finished_at = :now
 WHERE id = :job_id AND status = 'waiting' AND batch_of IS NULL
-RETURNING {JOB_COLUMNS}
 """
 
 #: Revive a failed or cancelled job with a fresh retry budget.
-RETRY_JOB = f"""
+RETRY_JOB = """
 UPDATE jobs SET status = 'waiting', run_after = :now, retry_count = 0, finished_at = NULL,
                 batch_of = NULL
 WHERE id = :job_id AND status IN ('failed', 'cancelled')
-RETURNING {JOB_COLUMNS}
 """
 
 #: One job by id.

@@ -224,10 +224,14 @@ MIGRATIONS: list[str] = [
     CREATE TABLE jobs_next (
         id              INTEGER PRIMARY KEY,
         group_id        TEXT    NOT NULL,
-        kind            TEXT    NOT NULL CHECK (kind IN ('message', 'task')),
+        -- The checks are written as comparisons, not IN lists: SQLite
+        -- builds a temporary index for an IN list of more than two values
+        -- on every statement that writes the column.
+        kind            TEXT    NOT NULL CHECK (kind = 'message' OR kind = 'task'),
         status          TEXT    NOT NULL
-                        CHECK (status IN ('waiting', 'active', 'completed', 'failed', 'cancelled')),
-        priority        INTEGER NOT NULL CHECK (priority IN (0, 1, 2)),
+                        CHECK (status = 'waiting' OR status = 'active' OR status = 'completed'
+                               OR status = 'failed' OR status = 'cancelled'),
+        priority        INTEGER NOT NULL CHECK (priority = 0 OR priority = 1 OR priority = 2),
         message_text    TEXT    NOT NULL,
         chat_jid        TEXT,
         enqueued_at     REAL    NOT NULL,
@@ -271,6 +275,10 @@ MIGRATIONS: list[str] = [
         WHERE status = 'waiting' AND batch_of IS NOT NULL;
     CREATE INDEX jobs_waiting ON jobs (group_id, kind, priority)
         WHERE status = 'waiting';
+    -- A group's waiting tasks by due time: its next due task without a
+    -- sort (messages never enter this index).
+    CREATE INDEX jobs_due_tasks ON jobs (group_id, run_after)
+        WHERE status = 'waiting' AND kind = 'task';
     CREATE INDEX jobs_failed ON jobs (status, finished_at)
         WHERE status IN ('failed', 'cancelled');
     CREATE UNIQUE INDEX jobs_series_slot ON jobs (series_id, scheduled_for)
