@@ -333,51 +333,45 @@ class Queue:
         either every returned job was claimed or none.
         """
         validation.positive_int("max_concurrent", max_concurrent)
-        batch = batch or Batch()
+        batch = batch or _ONE_JOB
+        room: dict[str, float] = {
+            "max_concurrent": max_concurrent,
+            "limit": max_concurrent if limit is None else limit,
+        }
         with self.db.transaction() as conn:
             now = self.clock.now()
-            (active,) = conn.execute(q.COUNT_ACTIVE).fetchone()
-            slots = max_concurrent - active
-            if limit is not None:
-                slots = min(slots, limit)
-            if slots <= 0:
-                return []
-            groups = [
-                row[0]
-                for row in conn.execute(q.READY_LANES, {"now": now, "limit": slots})
-            ]
+            room["now"] = now
+            groups = [row[0] for row in conn.execute(q.READY_LANES, room)]
             claimed = []
             for group in groups:
                 job = self._claim_head(conn, group, now, batch)
                 if job is not None:
                     claimed.append(job)
-        for job in claimed:
-            logger.debug(
-                "claimed job %d attempt %d",
-                job.id,
-                job.attempt,
-                extra={
-                    "action": "claim",
-                    "job": job.id,
-                    "group": job.group_id,
-                    "attempt": job.attempt,
-                },
-            )
+        if logger.isEnabledFor(logging.DEBUG):
+            for job in claimed:
+                logger.debug(
+                    "claimed job %d attempt %d",
+                    job.id,
+                    job.attempt,
+                    extra={
+                        "action": "claim",
+                        "job": job.id,
+                        "group": job.group_id,
+                        "attempt": job.attempt,
+                    },
+                )
         return claimed
 
     def _claim_head(
         self, conn: sqlite3.Connection, group: str, now: float, batch: Batch
     ) -> Job | None:
-        row = conn.execute(q.GROUP_DUE_TASK, {"group_id": group, "now": now}).fetchone()
-        riders: list[int] = []
-        if row is None:
-            rows = _group_messages(conn, group, batch.messages)
-            row = rows[0] if rows else None
-            riders = batch.fit(rows)
-        if row is None:
+        task, messages = _group_next(conn, group, now, batch.messages)
+        if task is None and not messages:
             self._refresh_lane(conn, group, now)  # the lane was stale; mend it
             return None
-        job = _change(conn, q.CLAIM_JOB, {"job_id": row[0], "now": now})
+        head = task if task is not None else messages[0][0]
+        riders = [] if task is not None else batch.fit(messages)
+        job = _change(conn, q.CLAIM_JOB, {"job_id": head, "now": now})
         detail = "claimed"
         if riders:
             detail = f"claimed with {len(riders)} more messages of the group"
@@ -617,11 +611,11 @@ class Queue:
             lead = self._current(conn, lead_id, attempt, "offer to")
             if lead.kind is Kind.TASK or lead.closing_at is not None:
                 return []
-            due = {"group_id": lead.group_id, "now": now}
-            if conn.execute(q.GROUP_DUE_TASK, due).fetchone() is not None:
+            task, messages = _group_next(conn, lead.group_id, now, limit)
+            if task is not None:
                 return []
             offered = []
-            for job_id, _ in _group_messages(conn, lead.group_id, limit):
+            for job_id, _ in messages:
                 job = _change(conn, q.OFFER_JOB, {"job_id": job_id, "lead": lead_id})
                 self._event(
                     conn,
@@ -950,15 +944,15 @@ class Queue:
     ) -> None:
         """Members share their lead's final outcome; offers not received go
         back in line."""
-        rows = _update_each(
+        self._end_riders(
             conn,
-            q.MEMBER_IDS,
+            lead,
+            now,
             q.FINISH_MEMBER,
-            {"lead": lead.id, "status": _SQL[status], "now": now, "error": error},
+            {"status": _SQL[status], "now": now, "error": error},
+            status,
+            f"{status.value} with job {lead.id} attempt {lead.attempt}",
         )
-        detail = f"{status.value} with job {lead.id} attempt {lead.attempt}"
-        self._member_events(conn, rows, now, status, detail)
-        self._withdraw_offers(conn, lead, now)
 
     def _requeue_members(
         self,
@@ -971,34 +965,44 @@ class Queue:
     ) -> None:
         """Members go back to waiting with their lead, due when it is (a
         retry retries the whole batch)."""
-        rows = _update_each(
+        self._end_riders(
             conn,
-            q.MEMBER_IDS,
+            lead,
+            now,
             q.REQUEUE_MEMBER,
-            {
-                "lead": lead.id,
-                "run_after": lead.run_after,
-                "spent": spent,
-                "error": error,
-            },
+            {"run_after": lead.run_after, "spent": spent, "error": error},
+            Status.WAITING,
+            f"back to waiting with job {lead.id} attempt {lead.attempt}",
         )
-        detail = f"back to waiting with job {lead.id} attempt {lead.attempt}"
-        self._member_events(conn, rows, now, Status.WAITING, detail)
-        self._withdraw_offers(conn, lead, now)
 
-    def _member_events(
+    def _end_riders(
         self,
         conn: sqlite3.Connection,
-        rows: list[tuple[int, int]],
+        lead: Job,
         now: float,
+        update: str,
+        params: dict[str, Any],
         after: Status,
         detail: str,
     ) -> None:
-        for member, member_attempt in rows:
+        """The lead's attempt ended: move each member with ``update`` (to
+        ``after``), and put the offers it never received back in line."""
+        members: list[tuple[int, int]] = []
+        offers: list[tuple[int, int]] = []
+        for job_id, job_attempt, status in conn.execute(
+            q.LEAD_RIDERS, {"lead": lead.id}
+        ):
+            (members if status == "active" else offers).append((job_id, job_attempt))
+        if members:
+            conn.executemany(
+                update, [dict(params, job_id=m, lead=lead.id) for m, _ in members]
+            )
+        for member, member_attempt in members:
             self._event(conn, member, now, Status.ACTIVE, after, member_attempt, detail)
-
-    def _withdraw_offers(self, conn: sqlite3.Connection, lead: Job, now: float) -> None:
-        offers = _update_each(conn, q.OFFER_IDS, q.WITHDRAW_OFFER, {"lead": lead.id})
+        if offers:
+            conn.executemany(
+                q.WITHDRAW_OFFER, [{"job_id": o, "lead": lead.id} for o, _ in offers]
+            )
         for job_id, job_attempt in offers:
             self._event(
                 conn,
@@ -1187,6 +1191,8 @@ def _join_lane(
     )
 
 
+#: One job per claim (the default batch).
+_ONE_JOB = Batch()
 #: The priority of each id GROUP_HEADS returns, in its order.
 _HEAD_PRIORITIES = (0, 0, 1, 1, 2, 2)
 
@@ -1213,27 +1219,26 @@ def _change(conn: sqlite3.Connection, update: str, params: dict[str, Any]) -> Jo
     return job
 
 
-def _update_each(
-    conn: sqlite3.Connection, select: str, update: str, params: dict[str, Any]
-) -> list[tuple[int, int]]:
-    """Select (id, attempt) rows, then update each by id; returns the rows."""
-    rows: list[tuple[int, int]] = conn.execute(select, params).fetchall()
-    if rows:
-        conn.executemany(update, [dict(params, job_id=row[0]) for row in rows])
-    return rows
-
-
-def _group_messages(
-    conn: sqlite3.Connection, group: str, limit: int
-) -> list[tuple[int, int]]:
-    """A group's oldest ``limit`` waiting messages not offered to an attempt,
-    as (id, size in bytes), merging the per-priority heads by id."""
-    rows = conn.execute(q.GROUP_MESSAGES, {"group_id": group, "limit": limit})
-    return sorted(rows)[:limit]
+def _group_next(
+    conn: sqlite3.Connection, group: str, now: float, limit: int
+) -> tuple[int | None, list[tuple[int, int]]]:
+    """A group's due task (None: no task is due), and its oldest ``limit``
+    waiting messages not offered to an attempt, as (id, size in bytes)."""
+    task = None
+    messages: list[tuple[int, int]] = []
+    rows = conn.execute(q.GROUP_NEXT, {"group_id": group, "now": now, "limit": limit})
+    for kind, job_id, size in sorted(rows):
+        if kind == 0:
+            task = job_id
+        elif len(messages) < limit:
+            messages.append((job_id, size))
+    return task, messages
 
 
 def _kind(value: str | Kind) -> Kind:
-    try:
-        return Kind(value)
-    except ValueError as exc:
-        raise InvalidInput(f"kind must be message or task; got {value!r}") from exc
+    # A look-up in _KINDS, not Kind(value): it takes a member or its text
+    # alike (a StrEnum member hashes as its value), at a tenth of the cost.
+    kind = _KINDS.get(value) if isinstance(value, str) else None
+    if kind is None:
+        raise InvalidInput(f"kind must be message or task; got {value!r}")
+    return kind

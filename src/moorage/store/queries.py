@@ -159,15 +159,16 @@ SELECT max(run_after) FROM jobs
 WHERE group_id = :group_id AND status = 'waiting' AND retry_count > 0 AND run_after > :now
 """
 
-#: Number of running attempts (active leads; batch members ride along) for the cap.
-COUNT_ACTIVE = "SELECT count(*) FROM jobs WHERE status = 'active' AND batch_of IS NULL"
-
-#: Free groups with a due job, most urgent first: walks lanes_by_rank,
-#: passing over busy groups (at most the cap) and groups not yet due.
+#: Free groups with a due job, most urgent first, as many as the cap leaves
+#: room for (running attempts are active leads; batch members ride along)
+#: and at most :limit: walks lanes_by_rank, passing over busy groups (at
+#: most the cap) and groups not yet due.
 READY_LANES = f"""
 SELECT group_id FROM lanes
 WHERE ready_at <= :now AND NOT {_BUSY}
-ORDER BY rank_priority, rank_job LIMIT :limit
+ORDER BY rank_priority, rank_job
+LIMIT max(0, min(:limit, :max_concurrent - (
+    SELECT count(*) FROM jobs WHERE status = 'active' AND batch_of IS NULL)))
 """
 
 #: Groups with a running attempt and waiting jobs (candidates for follow-ups),
@@ -199,14 +200,21 @@ UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
 WHERE id = :job_id AND status = 'waiting'
 """
 
-#: A group's waiting messages not offered to a running attempt, with their
-#: size in bytes (the candidates for a batch or a follow-up): the oldest
-#: ``limit`` of each priority, each in index order; the queue merges them
-#: by id (a sort here would need a temporary b-tree).
-GROUP_MESSAGES = _per_priority(
-    "SELECT * FROM (SELECT id, length(CAST(message_text AS BLOB)) FROM jobs "
-    "WHERE group_id = :group_id AND kind = 'message' AND priority = {priority} "
-    "AND status = 'waiting' AND batch_of IS NULL ORDER BY id LIMIT :limit)"
+#: What a group would run next, as (0, id, 0) for its due task (see
+#: GROUP_DUE_TASK; a due task goes first and alone) and (1, id, size in
+#: bytes) for its waiting messages not offered to a running attempt (the
+#: candidates for a batch or a follow-up): the oldest ``limit`` of each
+#: priority, each in index order.  The queue sorts the rows (a sort here
+#: would need a temporary b-tree).
+GROUP_NEXT = (
+    "SELECT * FROM (SELECT 0, id, 0 FROM jobs WHERE group_id = :group_id "
+    "AND status = 'waiting' AND kind = 'task' AND run_after <= :now "
+    "ORDER BY run_after, id LIMIT 1)\nUNION ALL\n"
+    + _per_priority(
+        "SELECT * FROM (SELECT 1, id, length(CAST(message_text AS BLOB)) FROM jobs "
+        "WHERE group_id = :group_id AND kind = 'message' AND priority = {priority} "
+        "AND status = 'waiting' AND batch_of IS NULL ORDER BY id LIMIT :limit)"
+    )
 )
 
 #: The members riding on a lead's current attempt, in order.
@@ -232,11 +240,14 @@ UPDATE jobs SET status = 'active', attempt = attempt + 1, started_at = :now,
 WHERE id = :job_id AND status = 'waiting' AND batch_of = :lead
 """
 
-#: The members riding on a lead's current attempt (jobs_members), to settle.
-MEMBER_IDS = "SELECT id, attempt FROM jobs WHERE batch_of = :lead AND status = 'active'"
-
-#: The follow-ups offered to a lead's attempt (jobs_offers), to withdraw.
-OFFER_IDS = "SELECT id, attempt FROM jobs WHERE batch_of = :lead AND status = 'waiting'"
+#: What rides on a lead's attempt, when it ends: its members (active, from
+#: jobs_members) to settle, and the follow-ups offered to it (waiting, from
+#: jobs_offers) to withdraw.
+LEAD_RIDERS = """
+SELECT id, attempt, status FROM jobs WHERE batch_of = :lead AND status = 'active'
+UNION ALL
+SELECT id, attempt, status FROM jobs WHERE batch_of = :lead AND status = 'waiting'
+"""
 
 #: A follow-up never received goes back in line, in its old place.
 WITHDRAW_OFFER = """
