@@ -8,8 +8,8 @@ line shows moorage's claim+finish throughput in jobs/s when each claim takes
 a batch of up to 10 messages of its group (for information; the targets
 compare one job per claim, as raw does).
 
-    .venv/bin/python bench/bench_queue.py           # the full run (~2 min)
-    .venv/bin/python bench/bench_queue.py --quick   # a smoke run (~20 s)
+    .venv/bin/python bench/bench_queue.py           # the full run (about 15 s)
+    .venv/bin/python bench/bench_queue.py --quick   # a smoke run (a few seconds)
 """
 
 from __future__ import annotations
