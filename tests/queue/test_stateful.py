@@ -10,6 +10,7 @@ lanes table, and on the conversation marks of running attempts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -884,7 +885,7 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 QueueMachine.TestCase.settings = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("MOORAGE_STATEFUL_EXAMPLES", "150")),
     stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
