@@ -4,11 +4,14 @@ error translation at the engine boundary."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import docker.errors  # type: ignore[import-untyped]
 import pytest
+import requests
 
 from moorage.errors import ContainerNotFound, EngineUnavailable, RuntimeFailure
 from moorage.runtime import AttemptSpec, ContainerState, DockerRuntime, Limits
@@ -224,3 +227,54 @@ def test_calls_share_one_connection_to_the_engine(runtime: DockerRuntime, monkey
     runtime.list()
 
     assert connects == []
+
+
+def _conflict(explanation: str) -> docker.errors.APIError:
+    """The error the docker SDK raises for an engine's 409 answer."""
+    response = requests.Response()
+    response.status_code = 409
+    response.reason = "Conflict"
+    response.url = "http+docker://localhost/containers/x"
+    return docker.errors.APIError("409 Conflict", response, explanation)
+
+
+def test_removing_a_container_someone_else_is_removing_succeeds(
+    runtime: DockerRuntime, docker_client, monkeypatch: pytest.MonkeyPatch
+):
+    """The engine answers 409 "removal already in progress" when another
+    caller (a second moorage process, an operator) is removing the same
+    container: remove waits for that removal and succeeds."""
+    info = runtime.start(spec(runtime.install, "sleep=30", job=31))
+    real_remove = runtime.api.remove_container
+
+    def raced(ref: str, **kwargs: Any) -> None:
+        docker_client.api.remove_container(ref, force=True, v=True)
+        raise _conflict(f"removal of container {ref} is already in progress")
+
+    monkeypatch.setattr(runtime.api, "remove_container", raced)
+    runtime.remove(info.ref)
+    assert runtime.inspect(info.ref).state is ContainerState.MISSING
+
+    # Any other conflict is still an error, and a removal that never ends
+    # is reported rather than waited on for ever.
+    other = runtime.start(spec(runtime.install, "sleep=30", job=32))
+
+    def refused(ref: str, **kwargs: Any) -> None:
+        raise _conflict("container is paused")
+
+    monkeypatch.setattr(runtime.api, "remove_container", refused)
+    with pytest.raises(RuntimeFailure, match="paused"):
+        runtime.remove(other.ref)
+    with pytest.raises(RuntimeFailure, match="has not finished"):
+        runtime._await_removal(other.ref, timeout=0.3)
+    monkeypatch.setattr(runtime.api, "remove_container", real_remove)
+    runtime.remove(other.ref)
+    assert runtime.inspect(other.ref).state is ContainerState.MISSING
+
+
+def test_concurrent_removals_of_one_container_all_succeed(runtime: DockerRuntime):
+    info = runtime.start(spec(runtime.install, "sleep=30", job=33))
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: runtime.remove(info.ref), range(6)))
+    assert results == [None] * 6
+    assert runtime.inspect(info.ref).state is ContainerState.MISSING

@@ -483,11 +483,37 @@ class DockerRuntime(Runtime):
         check_ref(ref)
         try:
             self._inspect_raw(ref)
-            with self._engine("remove", ref):
-                self.api.remove_container(ref, force=True, v=True)
+            try:
+                with self._engine("remove", ref):
+                    self.api.remove_container(ref, force=True, v=True)
+            except RuntimeFailure as exc:
+                cause = exc.__cause__
+                if not (
+                    isinstance(cause, docker.errors.APIError)
+                    and _removal_in_progress(cause)
+                ):
+                    raise
+                # Someone else (another moorage process, an operator) is
+                # removing it: done once the engine has finished.
+                self._await_removal(ref)
+                return
         except ContainerNotFound:
             return
         logger.info("removed %s", ref, extra={"action": "remove", "container": ref})
+
+    def _await_removal(self, ref: str, timeout: float = 30.0) -> None:
+        """Wait for a removal already under way in the engine to finish."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._inspect_raw(ref)
+            except ContainerNotFound:
+                return
+            time.sleep(0.1)
+        raise RuntimeFailure(
+            f"remove: the engine was already removing {ref} and has not "
+            f"finished after {timeout:.0f} s"
+        )
 
     def deliver(self, ref: str, name: str, document: Mapping[str, Any]) -> None:
         check_ref(ref)
@@ -598,6 +624,13 @@ def split_lines(data: bytes, position: int, *, final: bool) -> list[str]:
         p.removesuffix(b"\r").decode("utf-8", errors="replace")
         for p in parts[position:]
     ]
+
+
+def _removal_in_progress(exc: docker.errors.APIError) -> bool:
+    """The engine is already removing the container (for another caller)."""
+    return exc.status_code == 409 and "already in progress" in str(
+        exc.explanation or ""
+    )
 
 
 def _name_in_use(exc: docker.errors.APIError) -> bool:
