@@ -10,7 +10,12 @@ Prints, as medians over several repetitions:
   no-new-privileges), the like-for-like comparison.  The three run in turn,
   in a rotating order, within each repetition;
 * for each of them, the median time of every engine call it made;
-* the time of the one ``list()`` call with 1, 50 and 200 containers present.
+* the time of the one ``list()`` call with 1, 50 and 200 containers present;
+* the time of a poll of a running container's output that finds nothing
+  new (the dispatcher's usual poll), with 1,000, 20,000 and 100,000 lines
+  already printed: ``read_output`` going on from its last place next to a
+  whole read of the log (what every poll cost before read places were
+  kept), and their ratio.
 
 Usage: ``python bench/bench_runtime.py [--reps N]``.  Needs the test image
 (``scripts/build-test-image``).  Removes everything it created.
@@ -162,6 +167,36 @@ def bench_list(runtime: DockerRuntime, counts: list[int], reps: int) -> None:
         )
 
 
+def bench_read(runtime: DockerRuntime, counts: list[int], reps: int) -> None:
+    print(f"a poll that finds no new output, N lines printed, median of {reps}:")
+    for count in counts:
+        info = runtime.start(
+            spec(runtime.install, 20_000 + count, f"lines={count}; sleep=600")
+        )
+        give_up = time.monotonic() + 120
+        while len(runtime.read_output(info.ref, 0)) < count:
+            if time.monotonic() > give_up:
+                raise SystemExit(f"the agent did not print {count} lines")
+            time.sleep(0.2)
+        whole, going_on = [], []
+        for _ in range(reps):
+            runtime._forget(info.ref)  # no read place: the log is read whole
+            began = time.perf_counter()
+            if runtime.read_output(info.ref, count) != []:
+                raise SystemExit("unexpected output")
+            whole.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            if runtime.read_output(info.ref, count) != []:
+                raise SystemExit("unexpected output")
+            going_on.append(time.perf_counter() - began)
+        w, g = statistics.median(whole), statistics.median(going_on)
+        print(
+            f"  N={count:7,d}  whole {w * 1000:8.1f} ms  going on {g * 1000:6.1f} ms"
+            f"  ratio {g / w:5.2f}"
+        )
+        runtime.remove(info.ref)
+
+
 def cleanup(client: docker.DockerClient, install: str) -> None:
     for label in (f"moorage.install={install}", f"{BENCH_LABEL}={install}"):
         for c in client.containers.list(
@@ -174,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--list-counts", default="1,50,200")
+    parser.add_argument("--read-counts", default="1000,20000,100000")
     args = parser.parse_args()
     subprocess.run([str(ROOT / "scripts" / "build-test-image")], check=True)
     client = docker.from_env()
@@ -191,6 +227,9 @@ def main() -> None:
             cleanup(client, install)
             counts = [int(n) for n in args.list_counts.split(",")]
             bench_list(runtime, counts, args.reps)
+            cleanup(client, install)
+            reads = [int(n) for n in args.read_counts.split(",")]
+            bench_read(runtime, reads, args.reps)
         finally:
             cleanup(client, install)
             runtime.close()

@@ -13,11 +13,12 @@ import docker.errors  # type: ignore[import-untyped]
 import pytest
 import requests
 
+import moorage.runtime.docker as docker_runtime_module
 from moorage.errors import ContainerNotFound, EngineUnavailable, RuntimeFailure
 from moorage.runtime import AttemptSpec, ContainerState, DockerRuntime, Limits
 from moorage.runtime.base import labels_for
 
-from .conftest import batch, reply
+from .conftest import batch, eventually, reply
 
 pytestmark = pytest.mark.docker
 
@@ -278,3 +279,114 @@ def test_concurrent_removals_of_one_container_all_succeed(runtime: DockerRuntime
         results = list(pool.map(lambda _: runtime.remove(info.ref), range(6)))
     assert results == [None] * 6
     assert runtime.inspect(info.ref).state is ContainerState.MISSING
+
+
+class _Reader:
+    """Reads a container's output as the dispatcher does: each call goes on
+    from where the previous one stopped.  Records the log fetches made."""
+
+    def __init__(self, runtime: DockerRuntime, ref: str, monkeypatch) -> None:
+        self.runtime, self.ref = runtime, ref
+        self.lines: list[str] = []
+        self.fetches: list[int | None] = []
+        fetch = runtime._log_messages
+
+        def recording(ref: str, tail: int | None) -> Any:
+            self.fetches.append(tail)
+            return fetch(ref, tail)
+
+        monkeypatch.setattr(runtime, "_log_messages", recording)
+
+    def read(self) -> list[str]:
+        new = self.runtime.read_output(self.ref, len(self.lines))
+        self.lines += new
+        return new
+
+    def until(self, count: int) -> None:
+        eventually(lambda: self.read() is not None and len(self.lines) >= count, 20)
+        assert len(self.lines) == count
+
+
+def _burst(first: int, count: int) -> list[str]:
+    return [reply(f"line {i}") for i in range(1, count + 1)][first:]
+
+
+def test_reading_on_fetches_only_the_end_of_the_log(
+    runtime: DockerRuntime, monkeypatch
+):
+    """After the first read, a read that goes on from the last place asks
+    the engine for the log's last messages only; bursts bigger than that
+    window are read whole.  Either way the lines are exactly those a whole
+    read gives, though every burst prints the same texts."""
+    info = runtime.start(
+        spec(
+            runtime.install,
+            "lines=300; await=a.json; lines=40; await=b.json; lines=400",
+        )
+    )
+    reader = _Reader(runtime, info.ref, monkeypatch)
+    reader.until(300)
+
+    reader.fetches.clear()
+    runtime.deliver(info.ref, "a.json", {"n": 1})
+    reader.until(300 + 1 + 40)
+    window = docker_runtime_module._TAIL_WINDOW
+    assert reader.fetches and set(reader.fetches) == {window}  # never a whole read
+
+    reader.fetches.clear()
+    runtime.deliver(info.ref, "b.json", {"n": 2})
+    reader.until(300 + 1 + 40 + 1 + 400)
+    assert runtime.wait(info.ref, 20).exit_code == 0
+    assert reader.read() == []
+    assert reader.lines == runtime.read_output(info.ref, 0)
+    assert reader.lines[:300] == _burst(0, 300)
+    assert reader.lines[301:341] == _burst(0, 40)
+    assert reader.lines[342:] == _burst(0, 400)
+
+
+def test_long_lines_come_whole_from_pieces_of_the_log(
+    runtime: DockerRuntime, monkeypatch
+):
+    """The engine keeps a line over 16 KiB as several log messages; the
+    pieces are joined, and an unfinished last line waits for the exit."""
+    long = "y" * 40_000
+    info = runtime.start(
+        spec(runtime.install, f"lines=2; log={long}; await=go.json; partial=end; sleep=3")
+    )
+    reader = _Reader(runtime, info.ref, monkeypatch)
+    reader.until(3)
+    assert reader.lines[2] == long
+    messages = runtime._log_messages(info.ref, None)
+    assert messages is not None and len(messages) > 3  # it was cut into pieces
+
+    runtime.deliver(info.ref, "go.json", {"n": 1})
+    reader.until(4)  # the inbox line; "end" has no line end yet
+    assert runtime.wait(info.ref, 20).exit_code == 0
+    assert reader.read() == ["end"]
+    assert reader.lines == runtime.read_output(info.ref, 0)
+    assert reader.lines[:3] == [*_burst(0, 2), long]
+
+
+def test_a_read_place_is_trusted_only_where_it_is_certain() -> None:
+    from moorage.runtime.docker import _assemble, _LogCursor, _LogMessage
+
+    a, b, c = (_LogMessage(b"t%d" % i, b"x\n") for i in range(3))
+    same_as_b = _LogMessage(b"t1", b"x\n")
+    cursor = _LogCursor(5, b.identity, a.identity)
+    assert cursor.find([a, b, c]) == 2
+    assert cursor.find([a, b]) == 2  # nothing new
+    assert cursor.find([b, c]) is None  # its predecessor is not there
+    assert cursor.find([c, b, c]) is None  # not preceded by it
+    assert cursor.find([a, b, same_as_b, c]) is None  # ambiguous
+    assert cursor.find([c]) is None  # the window is all new output
+    assert _LogCursor(1, b.identity, None).find([a, b, c]) is None
+
+    pieces = [
+        _LogMessage(b"t0", b"one\n"),
+        _LogMessage(b"t1", b"lo"),
+        _LogMessage(b"t1", b"ng\n"),
+        _LogMessage(b"t2", b"tail"),
+    ]
+    assert _assemble(pieces, 0, final=False) == ([b"one", b"long"], [0, 2])
+    assert _assemble(pieces, 0, final=True) == ([b"one", b"long", b"tail"], [0, 2, 3])
+    assert _assemble(pieces, 1, final=False) == ([b"long"], [2])

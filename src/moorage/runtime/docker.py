@@ -35,14 +35,15 @@ import math
 import re
 import stat
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
@@ -98,6 +99,13 @@ _ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 _MOORAGE_DIR = str(Path(INPUT_PATH).parent)
 _POLL_MIN = 0.05
 _POLL_MAX = 0.5
+#: How many of a container's last log messages a read that goes on from the
+#: previous one fetches; more new output than this means a whole read.
+_TAIL_WINDOW = 256
+#: Containers whose read position is remembered (more are read whole once).
+_CURSORS_KEPT = 1024
+#: The timestamp the engine puts before each log message (RFC 3339).
+_STAMP_RE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
 def check_ref(ref: str) -> str:
@@ -139,6 +147,10 @@ class DockerRuntime(Runtime):
         self.init = init
         self._allowlist = tuple(_real(p) for p in mount_allowlist)
         self._client: docker.APIClient | None = None
+        self._docker_engine: bool | None = None
+        # Where read_output stopped, per container, most recent last.
+        self._cursors: dict[str, _LogCursor] = {}
+        self._cursors_lock = threading.Lock()
 
     # -- the client and the error boundary ---------------------------------
 
@@ -416,15 +428,121 @@ class DockerRuntime(Runtime):
         )
 
     def read_output(self, ref: str, position: int = 0) -> builtins.list[str]:
+        """See :meth:`Runtime.read_output`.  A call that goes on where the
+        previous one for this container stopped asks the engine only for
+        the end of the log (see :class:`_LogCursor`); any other call, and
+        any doubt about where the previous call stopped, reads it whole."""
         check_ref(ref)
         if position < 0:
             raise InvalidInput("position must not be negative")
         # The state is read before the logs: if it says exited, the logs
         # fetched afterwards are final and a last unterminated line is whole.
         exited = self._info(self._inspect_raw(ref)).state is ContainerState.EXITED
+        if not self._timestamped_logs():
+            with self._engine("read output", ref):
+                data: bytes = self.api.logs(
+                    ref, stdout=True, stderr=False, stream=False
+                )
+            return split_lines(data, position, final=exited)
+        with self._cursors_lock:
+            cursor = self._cursors.get(ref)
+        messages: builtins.list[_LogMessage] | None = None
+        start = 0  # index in messages of the first message after `skip` lines
+        skip = position
+        if cursor is not None and cursor.position == position:
+            tail = self._log_messages(ref, _TAIL_WINDOW)
+            if tail is not None and len(tail) < _TAIL_WINDOW:
+                messages = tail  # the whole log
+            elif tail is not None and (found := cursor.find(tail)) is not None:
+                messages, start, skip = tail, found, 0
+        if messages is None:
+            messages = self._log_messages(ref, None)
+        if messages is None:  # not in the expected format: read it plainly
+            with self._engine("read output", ref):
+                data = self.api.logs(ref, stdout=True, stderr=False, stream=False)
+            return split_lines(data, position, final=exited)
+        lines, ends = _assemble(messages, start, final=exited)
+        chosen = lines[skip:]
+        if chosen or (start == 0 and 0 < skip <= len(lines)):
+            # The last line consumed so far ends in this message; the place
+            # is kept only where a message ends exactly at a line's end.
+            last = ends[skip + len(chosen) - 1]
+            if messages[last].payload.endswith(b"\n"):
+                self._remember(
+                    ref,
+                    _LogCursor(
+                        position + len(chosen),
+                        messages[last].identity,
+                        messages[last - 1].identity if last > 0 else None,
+                    ),
+                )
+            else:
+                self._forget(ref)
+        return [
+            line.removesuffix(b"\r").decode("utf-8", errors="replace")
+            for line in chosen
+        ]
+
+    def _timestamped_logs(self) -> bool:
+        """Whether the engine's log stream can be read incrementally: Docker
+        Engine's can (one frame per log message, each with its timestamp);
+        anything else (Podman's compatible API) is read whole every time."""
+        if self._docker_engine is None:
+            with self._engine("version"):
+                components = self.api.version().get("Components") or []
+            self._docker_engine = not any(
+                "podman" in str(c.get("Name", "")).lower() for c in components
+            )
+        return self._docker_engine
+
+    def _log_messages(
+        self, ref: str, tail: int | None
+    ) -> builtins.list[_LogMessage] | None:
+        """The container's stdout log messages (the last ``tail``, or all),
+        each as (timestamp, payload); None if the answer is not in that form.
+
+        The request is made directly (the SDK's ``logs`` inspects the
+        container first, and its streaming form would hold a connection):
+        the engine answers one multiplexed frame per log message, an 8-byte
+        header (stream number, size) and the message with its timestamp."""
+        params = {
+            "stdout": 1,
+            "stderr": 0,
+            "timestamps": 1,
+            "follow": 0,
+            "tail": "all" if tail is None else str(tail),
+        }
         with self._engine("read output", ref):
-            data: bytes = self.api.logs(ref, stdout=True, stderr=False, stream=False)
-        return split_lines(data, position, final=exited)
+            response = self.api._get(
+                self.api._url("/containers/{0}/logs", ref), params=params
+            )
+            self.api._raise_for_status(response)
+            data: bytes = response.content
+        messages = []
+        offset = 0
+        while offset < len(data):
+            header = data[offset : offset + 8]
+            size = int.from_bytes(header[4:8], "big")
+            frame = data[offset + 8 : offset + 8 + size]
+            if len(header) < 8 or header[0] != 1 or len(frame) < size:
+                return None
+            stamp, space, payload = frame.partition(b" ")
+            if not space or not _STAMP_RE.match(stamp):
+                return None
+            messages.append(_LogMessage(stamp, payload))
+            offset += 8 + size
+        return messages
+
+    def _forget(self, ref: str) -> None:
+        with self._cursors_lock:
+            self._cursors.pop(ref, None)
+
+    def _remember(self, ref: str, cursor: _LogCursor) -> None:
+        with self._cursors_lock:
+            self._cursors.pop(ref, None)
+            self._cursors[ref] = cursor
+            while len(self._cursors) > _CURSORS_KEPT:
+                del self._cursors[next(iter(self._cursors))]
 
     # -- waiting and stopping ----------------------------------------------
 
@@ -481,6 +599,7 @@ class DockerRuntime(Runtime):
 
     def remove(self, ref: str) -> None:
         check_ref(ref)
+        self._forget(ref)
         try:
             self._inspect_raw(ref)
             try:
@@ -611,6 +730,69 @@ def _share_one_pool(client: docker.APIClient) -> None:
     client.mount("http+docker://", shared)
     client._custom_adapter = shared
     old.close()
+
+
+class _LogMessage(NamedTuple):
+    """One message of a container's log as the engine returns it with
+    timestamps: a line with its ``\\n``, or a piece of a long line without."""
+
+    stamp: bytes
+    payload: bytes
+
+    @property
+    def identity(self) -> tuple[bytes, bytes]:
+        return (self.stamp, self.payload)
+
+
+@dataclass(frozen=True)
+class _LogCursor:
+    """Where read_output stopped in a container's log: the number of lines
+    returned up to there, and the last two log messages those lines used
+    (timestamp to the nanosecond and content).
+
+    The next read fetches only the log's last messages and looks for that
+    pair in them.  It trusts the place only if the last message appears
+    exactly once there and is preceded by the other; otherwise (too much
+    new output, a log that does not contain them, an ambiguity) the log is
+    read whole and lines are counted from its start.  So the cursor can
+    only save work; it never decides which lines are new on a guess.
+    """
+
+    position: int
+    last: tuple[bytes, bytes]
+    before: tuple[bytes, bytes] | None
+
+    def find(self, messages: list[_LogMessage]) -> int | None:
+        """The index just after this cursor's place in ``messages`` (a
+        suffix of the log), or None if the place cannot be proven there."""
+        if self.before is None:
+            return None
+        found = [i for i, m in enumerate(messages) if m.identity == self.last]
+        if len(found) != 1 or found[0] == 0:
+            return None
+        (index,) = found
+        if messages[index - 1].identity != self.before:
+            return None
+        return index + 1
+
+
+def _assemble(
+    messages: list[_LogMessage], start: int, *, final: bool
+) -> tuple[list[bytes], list[int]]:
+    """The complete lines of ``messages[start:]`` (without their ``\\n``)
+    and, for each, the index of the message that ends it.  A last line
+    with no line end counts only when ``final``."""
+    lines: list[bytes] = []
+    ends: list[int] = []
+    pending = b""
+    for index in range(start, len(messages)):
+        *whole, pending = (pending + messages[index].payload).split(b"\n")
+        lines.extend(whole)
+        ends.extend([index] * len(whole))
+    if final and pending:
+        lines.append(pending)
+        ends.append(len(messages) - 1)
+    return lines, ends
 
 
 def split_lines(data: bytes, position: int, *, final: bool) -> list[str]:
