@@ -179,6 +179,8 @@ class DockerRuntime(Runtime):
         except docker.errors.NotFound as exc:
             raise ContainerNotFound(f"{action}: no container {ref}") from exc
         except docker.errors.APIError as exc:
+            if _no_such_container(exc):
+                raise ContainerNotFound(f"{action}: no container {ref}") from exc
             raise RuntimeFailure(f"{action}: engine refused: {exc}") from exc
         except (
             requests.exceptions.RequestException,
@@ -806,6 +808,12 @@ def split_lines(data: bytes, position: int, *, final: bool) -> list[str]:
         p.removesuffix(b"\r").decode("utf-8", errors="replace")
         for p in parts[position:]
     ]
+
+
+def _no_such_container(exc: docker.errors.APIError) -> bool:
+    """A container gone, reported as a server error: Podman 4.3 answers 500
+    "no such container" for one removed while the request ran."""
+    return exc.status_code == 500 and "no such container" in str(exc.explanation or "")
 
 
 def _removal_in_progress(exc: docker.errors.APIError) -> bool:
