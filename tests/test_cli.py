@@ -356,10 +356,24 @@ def test_cancel_withdraws_a_waiting_job(data: Path, queue: Queue) -> None:
     assert queue.get(1).status is Status.CANCELLED
 
 
+def test_cancel_stops_a_running_job(data: Path, queue: Queue) -> None:
+    enqueue(data, "family", "hi")
+    queue.claim(1)
+
+    result = run(data, "cancel", "1")
+
+    assert result.exit_code == 0
+    assert result.stdout == "job 1 cancelled\n"
+    assert queue.get(1).status is Status.CANCELLED
+    assert queue.events(1)[-1].detail == (
+        "cancelled while running; its container is stopped"
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "claim", "code", "expected"),
     [
-        ("cancel", True, 4, "job 1 is active; only waiting jobs can be cancelled"),
+        ("cancel", True, 4, "job 1 is completed; only waiting and active jobs"),
         ("retry", False, 4, "job 1 is waiting; only failed or cancelled jobs"),
         ("show", False, 3, "no job with id 99"),
         ("retry", False, 3, "no job with id 99"),
@@ -371,7 +385,8 @@ def test_refused_transitions_change_nothing(
 ) -> None:
     enqueue(data, "family", "hi")
     if claim:
-        queue.claim(1)
+        [claimed] = queue.claim(1)
+        queue.finish(claimed.id, claimed.attempt)
     before = (queue.get(1), queue.events(1))
     job = "99" if "99" in expected else "1"
 

@@ -372,8 +372,13 @@ def create_app(
         tags=["jobs"],
     )
     def cancel_job(job_id: JobId) -> dict[str, object]:
-        """Withdraw a waiting job (409 otherwise)."""
-        return queue.cancel(job_id).as_dict()
+        """Withdraw a waiting job, or stop a running attempt: the job is
+        cancelled at once and its container stopped (409 for a job that is
+        finished, a batch member or being offered)."""
+        job = queue.cancel(job_id).as_dict()
+        if wake is not None:
+            wake()
+        return job
 
     @app.get("/v1/status", response_model=StatusOut, tags=["operations"])
     def status() -> dict[str, object]:

@@ -1089,7 +1089,11 @@ def cancel(
     url: str | None,
     token: str | None,
 ) -> None:
-    """Withdraw a waiting job (active jobs cannot be cancelled)."""
+    """Withdraw a waiting job, or stop a running one.
+
+    A running job is cancelled at once, with the other messages of its
+    attempt; the running ``serve`` then stops and removes its container.
+    """
     _change(ctx, job_id, "cancel", as_json, url, token)
     if not as_json:
         click.echo(f"job {job_id} cancelled")

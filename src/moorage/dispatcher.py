@@ -22,6 +22,7 @@ restarted moorage finishes it without losing or repeating a message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -289,9 +290,15 @@ class Dispatcher:
     def _poll(self, containers: list[ContainerInfo], now: float) -> None:
         by_attempt = {(c.job_id, c.attempt): c for c in containers}
         waiting = self.queue.busy_groups() if self.watched else {}
+        running = (
+            {(j.id, j.attempt) for j in self.queue.active()} if self.watched else set()
+        )
         self._slot_wanted = self._starved(now)
         for watch in list(self.watched.values()):
             container = by_attempt.get((watch.job.id, watch.job.attempt))
+            if (watch.job.id, watch.job.attempt) not in running:
+                self._stop_ended(watch, container)
+                continue
             if container is None or container.state is ContainerState.MISSING:
                 self.watched.pop(watch.job.id, None)
                 self._fail_or_release(watch.job, None, "container lost")
@@ -325,6 +332,25 @@ class Dispatcher:
                     StaleAttempt
                 ) as exc:  # changed under us: the next reconcile mends it
                     logger.warning("%s", exc, extra={"action": "converse"})
+
+    def _stop_ended(self, watch: _Watch, container: ContainerInfo | None) -> None:
+        """The attempt was ended outside the dispatcher (cancelled while
+        running): its container is an orphan now; stop and remove it."""
+        self.watched.pop(watch.job.id, None)
+        logger.info(
+            "job %d attempt %d is no longer running (cancelled); stopping its container",
+            watch.job.id,
+            watch.job.attempt,
+            extra={
+                "action": "cancel",
+                "job": watch.job.id,
+                "group": watch.job.group_id,
+            },
+        )
+        if container is not None and container.state is not ContainerState.MISSING:
+            with contextlib.suppress(ContainerNotFound):
+                self._remove(container, stop=True)
+        self._count("cancelled", None)
 
     def _read(self, watch: _Watch) -> None:
         try:

@@ -17,7 +17,15 @@ from prometheus_client.metrics_core import Metric
 from moorage.recovery import ActionKind, RecoveryReport
 
 #: The outcomes an attempt can end in; other values are counted as "other".
-OUTCOMES = ("completed", "retried", "failed", "timed_out", "lost", "released")
+OUTCOMES = (
+    "completed",
+    "retried",
+    "failed",
+    "timed_out",
+    "lost",
+    "released",
+    "cancelled",
+)
 #: Why an agent is asked to close (see the dispatcher), plus "other".
 CLOSE_REASONS = ("idle", "task", "slot", "shutdown", "other")
 

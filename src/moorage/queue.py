@@ -110,6 +110,7 @@ class Output:
     received: list[Job]  # follow-ups the agent took (now members)
     idle_since: float | None  # the lead's idle mark after these lines
     closing_at: float | None
+    current: bool = True  # False: the attempt had ended; nothing was recorded
 
 
 @dataclass(frozen=True)
@@ -634,10 +635,19 @@ class Queue:
         transaction: replies into the outbox, the read position, and the
         agent's signals — ``received`` makes an offered follow-up a member
         of the attempt, ``idle`` marks the lead idle (until it receives
-        more).  Reading the same lines again records nothing twice."""
+        more).  Reading the same lines again records nothing twice.  Output
+        of an attempt that is no longer running (it was cancelled meanwhile)
+        is not recorded: ``Output.current`` is then False."""
         received: list[Job] = []
         with self.db.transaction() as conn:
             now = self.clock.now()
+            running = self._get(conn, lead.id)
+            if (
+                running.status is not Status.ACTIVE
+                or running.attempt != lead.attempt
+                or running.batch_of is not None
+            ):
+                return Output(0, [], running.idle_since, running.closing_at, False)
             added, signals = write_output(conn, lead, start, lines, now)
             idle: object = Queue._KEEP
             for signal in signals:
@@ -695,31 +705,75 @@ class Queue:
         return None
 
     def cancel(self, job_id: int) -> Job:
-        """Withdraw a waiting job.  Active jobs cannot be cancelled here."""
+        """Withdraw a waiting job, or stop a running attempt.
+
+        A waiting job is cancelled.  An active lead is cancelled at once,
+        with the members riding on its attempt; follow-ups offered to it and
+        not received go back in line.  Its container is then owned by no
+        active job, so the dispatcher stops and removes it (at its next poll
+        or, if it is not running, at the next start's recovery), and output
+        not recorded by then is dropped.  A member cannot be cancelled on
+        its own, nor can a message being offered to a running attempt."""
         with self.db.transaction() as conn:
             now = self.clock.now()
             cancelled = _changed(conn, q.CANCEL_JOB, {"job_id": job_id, "now": now})
-            if cancelled is None:
-                job = self._get(conn, job_id)
-                if job.status is Status.WAITING:
-                    raise InvalidTransition(
-                        f"job {job_id} is being offered to the running attempt of "
-                        f"job {job.batch_of}; it cannot be cancelled now"
-                    )
-                raise InvalidTransition(
-                    f"job {job_id} is {job.status.value}; only waiting jobs can be cancelled"
+            if cancelled is not None:
+                self._event(
+                    conn,
+                    job_id,
+                    now,
+                    Status.WAITING,
+                    Status.CANCELLED,
+                    cancelled.attempt,
+                    "cancelled",
                 )
-            job = cancelled
-            self._event(
-                conn,
-                job_id,
-                now,
-                Status.WAITING,
-                Status.CANCELLED,
-                job.attempt,
-                "cancelled",
+                self._refresh_lane(conn, cancelled.group_id, now, recompute_hold=True)
+                return cancelled
+            job = self._get(conn, job_id)
+            if job.status is Status.ACTIVE and job.batch_of is None:
+                return self._cancel_attempt(conn, job, now)
+            if job.status is Status.ACTIVE:
+                raise InvalidTransition(
+                    f"job {job_id} runs in the attempt of job {job.batch_of}; "
+                    f"cancel job {job.batch_of} to stop that attempt"
+                )
+            if job.status is Status.WAITING:
+                raise InvalidTransition(
+                    f"job {job_id} is being offered to the running attempt of "
+                    f"job {job.batch_of}; it cannot be cancelled now"
+                )
+            raise InvalidTransition(
+                f"job {job_id} is {job.status.value}; only waiting and active jobs "
+                "can be cancelled"
             )
-            self._refresh_lane(conn, job.group_id, now, recompute_hold=True)
+
+    def _cancel_attempt(self, conn: sqlite3.Connection, lead: Job, now: float) -> Job:
+        job = _change(
+            conn,
+            q.CANCEL_ACTIVE,
+            {"job_id": lead.id, "attempt": lead.attempt, "now": now},
+        )
+        self._event(
+            conn,
+            job.id,
+            now,
+            Status.ACTIVE,
+            Status.CANCELLED,
+            job.attempt,
+            "cancelled while running; its container is stopped",
+        )
+        self._settle_members(conn, job, now, Status.CANCELLED, None)
+        logger.info(
+            "job %d cancelled while running (attempt %d)",
+            job.id,
+            job.attempt,
+            extra={
+                "action": "cancel",
+                "job": job.id,
+                "group": job.group_id,
+                "attempt": job.attempt,
+            },
+        )
         return job
 
     def retry(self, job_id: int) -> Job:

@@ -17,7 +17,7 @@ from moorage.api import check_bind, create_app, serve_http
 from moorage.dispatcher import Dispatcher
 from moorage.errors import ConfigError
 from moorage.metrics import Metrics
-from moorage.queue import Queue
+from moorage.queue import Batch, Queue
 from moorage.recovery import RecoveryReport
 
 TOKEN = "t0ken-for-the-tests-0123456789"
@@ -132,6 +132,24 @@ def test_cancel_then_retry_and_refused_transitions(
     assert retried.json()["status"] == "waiting"
     assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409
     assert queue.get(job_id).status == "waiting"
+
+
+def test_cancel_stops_a_running_job_and_refuses_a_member(
+    client: httpx.Client, queue: Queue
+) -> None:
+    lead_id = _enqueue(client).json()["id"]
+    member_id = _enqueue(client).json()["id"]
+    queue.claim(1, batch=Batch(messages=10))
+
+    member = client.post(f"/v1/jobs/{member_id}/cancel")
+    assert member.status_code == 409
+    assert f"cancel job {lead_id}" in member.json()["message"]
+    assert queue.get(member_id).status == "active"
+
+    cancelled = client.post(f"/v1/jobs/{lead_id}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert queue.get(member_id).status == "cancelled"
 
 
 @pytest.mark.parametrize(

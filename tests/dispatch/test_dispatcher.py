@@ -262,3 +262,44 @@ def test_drain_and_delivery_to_a_callback_and_a_file(queue, runtime, tmp_path):
     assert Deliverer(outbox, JsonlSink(path), queue.install_id).deliver_due() == 1
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["text"] for line in lines] == ["once"]
+
+
+def test_a_running_job_cancelled_has_its_container_stopped_and_output_dropped(
+    queue, runtime
+):
+    job = queue.enqueue("a", "hi")
+    dispatcher = make(queue, runtime)
+    dispatcher.step()
+    nxt = queue.enqueue("a", "next")  # not in the cancelled attempt's batch
+    ref = runtime.ref_of(job.id)
+    runtime.emit(ref, reply("before"))
+    dispatcher.step()
+    runtime.emit(ref, reply("after the cancel"))
+
+    cancelled = queue.cancel(job.id)
+    dispatcher.step()
+
+    assert cancelled.status is Status.CANCELLED
+    assert queue.get(job.id).status is Status.CANCELLED
+    assert [r.text for r in Outbox(queue.db).for_job(job.id)] == ["before"]
+    assert ref not in runtime.containers  # stopped and removed
+    assert job.id not in dispatcher.watched
+    # The group was free again: the same step started its next message.
+    assert queue.get(nxt.id).status is Status.ACTIVE
+    assert [c.job_id for c in runtime.list()] == [nxt.id]
+
+
+def test_a_container_of_a_job_cancelled_while_stopped_is_removed_at_start_up(
+    queue, runtime
+):
+    job = queue.enqueue("a", "hi")
+    first = make(queue, runtime)
+    first.step()
+    ref = runtime.ref_of(job.id)
+    queue.cancel(job.id)  # while no dispatcher runs
+
+    report = make(queue, runtime).recover()
+
+    assert [a.kind for a in report.actions] == [ActionKind.ORPHAN]
+    assert ref not in runtime.containers
+    assert queue.get(job.id).status is Status.CANCELLED

@@ -12,7 +12,7 @@ import pytest
 from moorage.clock import FakeClock
 from moorage.errors import InvalidInput, InvalidTransition
 from moorage.models import Kind, Status
-from moorage.queue import Batch, Queue, RetryPolicy
+from moorage.queue import Batch, Queue, RetryPolicy, StaleAttempt
 
 BATCH = Batch(messages=10)
 
@@ -457,6 +457,82 @@ def test_cancelling_a_waiting_occurrence_ends_the_series(
     first = queue.enqueue("g", "tick", kind="task", repeat="every 60")
     queue.cancel(first.id)
     assert raw.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+
+
+def test_cancelling_a_running_occurrence_ends_the_series(
+    queue: Queue, raw: sqlite3.Connection
+) -> None:
+    first = queue.enqueue("g", "tick", kind="task", repeat="every 60")
+    (lead,) = queue.claim(4)
+    cancelled = queue.cancel(lead.id)
+    assert cancelled.status is Status.CANCELLED
+    assert raw.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+    assert row(raw, first.id)["status"] == "cancelled"
+
+
+# -- cancelling a running attempt ------------------------------------------------
+
+
+def test_cancelling_a_running_lead_ends_its_attempt_at_once(
+    queue: Queue, raw: sqlite3.Connection, clock: FakeClock
+) -> None:
+    lead_id, member, *_ = pile(queue, "g", 2)
+    (lead,) = queue.claim(4, batch=BATCH)
+    lead = queue.start(lead.id, lead.attempt, "c" * 64)
+    offered = queue.enqueue("g", "follow-up").id
+    queue.offer(lead.id, lead.attempt, 10)
+    later = queue.enqueue("g", "later").id
+    clock.advance(5)
+
+    cancelled = queue.cancel(lead_id)
+
+    assert cancelled.status is Status.CANCELLED
+    assert cancelled.finished_at == clock.now()
+    assert statuses(raw) == {
+        lead_id: ("cancelled", None),
+        member: ("cancelled", lead_id),
+        offered: ("waiting", None),  # never received: back in line
+        later: ("waiting", None),
+    }
+    assert [(e.from_status, e.to_status, e.detail) for e in queue.events(lead_id)][
+        -1
+    ] == ("active", "cancelled", "cancelled while running; its container is stopped")
+    assert queue.events(member)[-1].detail == f"cancelled with job {lead_id} attempt 1"
+    assert "back in line" in (queue.events(offered)[-1].detail or "")
+    # The group is free at once: its next message starts a new attempt.
+    assert [j.id for j in queue.claim(4)] == [offered]
+
+
+def test_a_cancelled_attempt_is_fenced_off(
+    queue: Queue, raw: sqlite3.Connection
+) -> None:
+    lead = _running(queue)
+    queue.cancel(lead.id)
+    before = statuses(raw)
+
+    for verb in (queue.finish, queue.release):
+        with pytest.raises(StaleAttempt):
+            verb(lead.id, lead.attempt, "late")
+    with pytest.raises(StaleAttempt):
+        queue.fail(lead.id, lead.attempt, "exit 1")
+    out = queue.record_output(lead, 0, ['{"type":"reply","text":"too late"}'])
+
+    assert not out.current and out.replies == 0
+    assert raw.execute("SELECT count(*) FROM replies").fetchone()[0] == 0
+    assert statuses(raw) == before
+    with pytest.raises(InvalidTransition, match="cancelled"):
+        queue.cancel(lead.id)
+
+
+def test_a_member_cannot_be_cancelled_on_its_own(
+    queue: Queue, raw: sqlite3.Connection
+) -> None:
+    lead_id, member = pile(queue, "g", 2)
+    queue.claim(4, batch=BATCH)
+    before = statuses(raw)
+    with pytest.raises(InvalidTransition, match=f"cancel job {lead_id}"):
+        queue.cancel(member)
+    assert statuses(raw) == before
 
 
 @pytest.mark.parametrize(

@@ -259,14 +259,14 @@ class QueueMachine(RuleBasedStateMachine):
     def end_batch(self, lead: ModelJob, status: str) -> None:
         """A lead's attempt ends for good: members share its outcome, offers
         not received go back in line, a recurring occurrence schedules the
-        next one."""
+        next one (unless it was cancelled: that ends its series)."""
         now = self.clock.now()
         for job in [lead, *self.riding(lead, "active")]:
             job.status = status
             job.finished_at = now
         for offer in self.riding(lead, "waiting"):
             offer.batch_of = None
-        if lead.interval is not None:
+        if lead.interval is not None and status != "cancelled":
             self.schedule_next(lead)
 
     def requeue_batch(self, lead: ModelJob, *, spent: int) -> None:
@@ -569,16 +569,21 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(index=st.integers(0, 99))
     def cancel(self, index: int) -> None:
-        job = self.pick(index, "waiting") if index < 80 else self.pick(index)
+        job = self.pick(index, "waiting", "active") if index < 80 else self.pick(index)
         try:
-            self.queue.cancel(job.id)
+            result = self.queue.cancel(job.id)
         except StaleAttempt as exc:  # pragma: no cover - the wrong error
             raise AssertionError("cancel is not fenced") from exc
         except InvalidTransition:
-            # Offers belong to the running attempt until it takes or drops them.
-            assert job.status != "waiting" or job.batch_of is not None
+            # Offers belong to the running attempt until it takes or drops
+            # them; members share their lead's attempt.
+            assert job.status not in ("waiting", "active") or job.batch_of is not None
             return
-        assert job.status == "waiting" and job.batch_of is None
+        assert job.status in ("waiting", "active") and job.batch_of is None
+        assert result.status.value == "cancelled"
+        if job.status == "active":
+            self.end_batch(job, "cancelled")
+            return
         job.status = "cancelled"
         job.finished_at = self.clock.now()
         job.backoff_until = None

@@ -321,6 +321,13 @@ UPDATE jobs SET status = 'cancelled', finished_at = :now
 WHERE id = :job_id AND status = 'waiting' AND batch_of IS NULL
 """
 
+#: Stop a running attempt for good: its lead is cancelled (the container,
+#: owned by no active job from here on, is stopped as an orphan).
+CANCEL_ACTIVE = """
+UPDATE jobs SET status = 'cancelled', finished_at = :now
+WHERE id = :job_id AND attempt = :attempt AND status = 'active' AND batch_of IS NULL
+"""
+
 #: Revive a failed or cancelled job with a fresh retry budget.
 RETRY_JOB = """
 UPDATE jobs SET status = 'waiting', run_after = :now, retry_count = 0, finished_at = NULL,
