@@ -88,6 +88,13 @@ class JobIn(BaseModel):
     timeout: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="seconds per attempt"
     )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="failed attempts retried before the job fails (default: "
+        "the server's retry policy, 5 unless configured)",
+    )
     repeat: str | None = Field(
         default=None,
         max_length=200,
@@ -306,6 +313,7 @@ def create_app(
             priority=body.priority,
             run_after=body.run_after,
             timeout=body.timeout,
+            max_retries=body.max_retries,
             idempotency_key=key,
             repeat=body.repeat,
         )
@@ -452,6 +460,7 @@ def _check_same_request(job: Job, body: JobIn, key: str) -> None:
         and job.priority.label == body.priority
         and job.chat_jid == (body.chat_jid or None)
         and job.timeout == body.timeout
+        and (body.max_retries is None or job.max_retries == body.max_retries)
         and (body.run_after is None or job.run_after == body.run_after)
         and (body.repeat is None) == (job.repeat is None)
     )

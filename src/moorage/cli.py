@@ -789,11 +789,6 @@ def enqueue(
                 "only tasks can repeat; messages run once", param_hint="'--repeat'"
             )
         parse_repeat(repeat)  # refused before anything is opened or sent
-    if max_retries is not None and url is not None:
-        raise click.BadParameter(
-            "cannot be sent to a server; its jobs get the default",
-            param_hint="'--max-retries'",
-        )
     limit = validation.DEFAULT_MAX_MESSAGE_BYTES
     body = _read_stdin_text(limit) if text == "-" else text
     # Checked before the database is opened (or created): rejected is unchanged.
@@ -811,6 +806,7 @@ def enqueue(
                 "run_after": run_after,
                 "timeout": timeout,
                 "repeat": repeat,
+                "max_retries": max_retries,
             },
             idempotency_key,
         )

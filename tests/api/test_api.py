@@ -51,6 +51,21 @@ def test_enqueue_returns_201_with_the_stored_job_and_wakes(
     assert woken == [1]
 
 
+def test_a_job_can_carry_its_own_retry_budget(
+    client: httpx.Client, queue: Queue
+) -> None:
+    response = _enqueue(client, max_retries=0)
+    assert response.status_code == 201
+    assert response.json()["max_retries"] == 0
+    assert queue.get(response.json()["id"]).max_retries == 0
+    assert _enqueue(client).json()["max_retries"] == 5  # the policy's default
+
+    for bad in (-1, 1001, "3", True, 2.5):
+        refused = _enqueue(client, max_retries=bad)
+        assert refused.status_code == 422, (bad, refused.text)
+    assert queue.status().counts["waiting"] == 2
+
+
 def test_task_can_be_scheduled_with_run_after(
     client: httpx.Client, queue: Queue
 ) -> None:

@@ -154,6 +154,8 @@ def test_enqueue_sends_every_option_and_touches_no_data_dir(
         "1900000000",
         "--timeout",
         "15m",
+        "--max-retries",
+        "2",
         "--url",
         serve(),
         input="nightly report\n",
@@ -168,6 +170,7 @@ def test_enqueue_sends_every_option_and_touches_no_data_dir(
         Priority.HIGH,
     )
     assert (job.chat_jid, job.run_after, job.timeout) == ("12345@g.us", 1.9e9, 900.0)
+    assert job.max_retries == 2
     assert not elsewhere.exists()
 
 
@@ -226,17 +229,10 @@ def test_unknown_job_exits_3_and_a_refused_change_exits_4(
     assert "waiting" in reason(refused)
 
 
-def test_options_the_server_cannot_take_are_usage_errors(
-    serve: Callable[..., str],
-) -> None:
-    url = serve()
+def test_a_url_that_is_not_http_is_a_usage_error() -> None:
     bad_url = run("status", "--url", "ftp://example.com")
     assert bad_url.exit_code == 2
     assert "http://" in reason(bad_url)
-
-    retries = remote(url, "enqueue", "family", "hi", "--max-retries", "2")
-    assert retries.exit_code == 2
-    assert "--max-retries" in reason(retries)
 
 
 # -- a server that cannot or will not answer -----------------------------------------
