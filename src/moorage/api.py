@@ -99,7 +99,8 @@ class JobIn(BaseModel):
         default=None,
         max_length=200,
         description="tasks only: an interval (15m, 2h) or a five-field cron "
-        "expression (UTC); each occurrence schedules the next",
+        "expression, in UTC or after TZ=<IANA zone>; each occurrence "
+        "schedules the next",
     )
 
 

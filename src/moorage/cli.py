@@ -741,7 +741,8 @@ def _read_stdin_text(limit: int) -> str:
 @click.option(
     "--repeat",
     help="Tasks only: run again every interval (15m, 2h) or on a five-field "
-    "cron expression in UTC ('0 9 * * mon-fri').",
+    "cron expression, in UTC ('0 9 * * mon-fri') or in a time zone "
+    "('TZ=Europe/Paris 0 9 * * mon-fri').",
 )
 @click.option(
     "--timeout", type=DurationType(positive=True), help="Per attempt, e.g. 15m."

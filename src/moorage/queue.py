@@ -208,7 +208,8 @@ class Queue:
 
         ``run_after`` (epoch seconds) schedules a task; messages always run in
         their group's order and cannot be scheduled.  ``repeat`` (an interval
-        such as ``15m`` or a five-field cron expression, UTC) makes a task
+        such as ``15m`` or a five-field cron expression, in UTC or after
+        ``TZ=<zone>``) makes a task
         recurring: each occurrence, when it finishes, creates the next in the
         same transaction (see :mod:`moorage.schedule`); without ``run_after``
         the first occurrence is due now (interval) or at the first cron slot.
@@ -1080,7 +1081,21 @@ class Queue:
             # A revived occurrence whose series went on without it (its
             # successor may since have been pruned): do not fork the series.
             return
-        slot = parse_repeat(job.repeat).next_slot(current_slot, now)
+        try:
+            slot = parse_repeat(job.repeat).next_slot(current_slot, now)
+        except InvalidInput as exc:
+            # Only a zone that the system's zone data no longer has: the
+            # occurrence still finishes; the series cannot go on.
+            logger.error(
+                "series %d ends after job %d: its schedule %r cannot be read "
+                "any more (%s)",
+                job.series_id,
+                job.id,
+                job.repeat,
+                exc,
+                extra={"action": "schedule", "job": job.id, "group": job.group_id},
+            )
+            return
         successor = self._insert(
             conn,
             {
