@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from moorage.clock import FakeClock
-from moorage.errors import InvalidInput, InvalidTransition, JobNotFound, MoorageError
+from moorage.errors import (
+    InvalidInput,
+    InvalidTransition,
+    JobNotFound,
+    MoorageError,
+    StoreError,
+)
 from moorage.models import Kind, Priority, Status
 from moorage.queue import DAY, Queue, RetryPolicy, StaleAttempt
 from moorage.store.schema import MIGRATIONS
@@ -906,6 +912,26 @@ def test_schema_version_and_reopening_does_not_migrate_again(
     assert second.db.schema_version == len(MIGRATIONS)
     assert second.install_id == install
     assert second.get(job.id).message_text == "kept"
+
+
+def test_a_database_error_inside_a_verb_is_a_store_error_and_changes_nothing(
+    queue: Queue, raw: sqlite3.Connection
+) -> None:
+    queue.enqueue("g", "kept")
+    before = snapshot(raw)
+    raw.execute(
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
+        "BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
+    )
+
+    with pytest.raises(StoreError, match="database error: the disk said no"):
+        queue.enqueue("g", "lost")
+    with pytest.raises(StoreError):
+        queue.claim(1)
+
+    raw.execute("DROP TRIGGER refuse_events")
+    assert snapshot(raw) == before  # both rolled back whole
+    assert [j.message_text for j in queue.claim(1)] == ["kept"]
 
 
 def test_the_database_itself_rejects_a_second_active_job_in_a_group(

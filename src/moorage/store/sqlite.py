@@ -106,11 +106,11 @@ class Database:
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction: commits on success, rolls back on any error."""
-        return _Transaction(self, "BEGIN IMMEDIATE", write=True)
+        return _Transaction(self, "BEGIN IMMEDIATE")
 
     def reading(self) -> AbstractContextManager[sqlite3.Connection]:
         """A consistent read (one snapshot) without taking the write lock."""
-        return _Transaction(self, "BEGIN DEFERRED", write=False)
+        return _Transaction(self, "BEGIN DEFERRED")
 
     def meta(self, key: str) -> str | None:
         with self.reading() as conn:
@@ -127,16 +127,16 @@ class Database:
 class _Transaction:
     """``with``-block of :meth:`Database.transaction` and
     :meth:`Database.reading`: holds the connection's lock from BEGIN to
-    COMMIT (or ROLLBACK, when the block raises).  A class rather than a
+    COMMIT (or ROLLBACK, when the block raises; a driver error raised in
+    the block leaves as a StoreError, the rest as they are).  A class rather than a
     generator-based context manager: every queue operation opens one, and
     this costs a fraction of a generator's set-up and tear-down."""
 
-    __slots__ = ("_db", "_begin", "_write")
+    __slots__ = ("_db", "_begin")
 
-    def __init__(self, db: Database, begin: str, *, write: bool) -> None:
+    def __init__(self, db: Database, begin: str) -> None:
         self._db = db
         self._begin = begin
-        self._write = write
 
     def __enter__(self) -> sqlite3.Connection:
         db = self._db
@@ -160,14 +160,16 @@ class _Transaction:
         conn = self._db._conn
         try:
             if exc_type is not None:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"database error: {exc}") from exc
                 return
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as error:
-                conn.execute("ROLLBACK")
-                if not self._write:
-                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise StoreError(f"cannot commit: {error}") from error
         finally:
             self._db._lock.release()
