@@ -51,6 +51,7 @@ from moorage.metrics import Metrics
 from moorage.models import Job, Status
 from moorage.outbox import Outbox
 from moorage.queue import Queue
+from moorage.schedule import parse_repeat
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -463,13 +464,20 @@ def _check_same_request(job: Job, body: JobIn, key: str) -> None:
         and job.timeout == body.timeout
         and (body.max_retries is None or job.max_retries == body.max_retries)
         and (body.run_after is None or job.run_after == body.run_after)
-        and (body.repeat is None) == (job.repeat is None)
+        and _same_repeat(body.repeat, job.repeat)
     )
     if not same:
         raise _KeyReused(
             f"idempotency key {key!r} was used for job {job.id} with a "
             "different request; use a new key for a new job"
         )
+
+
+def _same_repeat(asked: str | None, stored: str | None) -> bool:
+    """Whether a request's ``repeat`` is the one stored (in its normal form)."""
+    if asked is None or stored is None:
+        return asked is stored
+    return parse_repeat(asked).spec == stored
 
 
 class _KeyReused(InvalidTransition):

@@ -283,6 +283,9 @@ class CliState:
     synchronous: Synchronous
     debug: bool
     queue: Queue | None = None
+    #: --synchronous (or its variable) was given, not left at its default:
+    #: only then does it override the setting in moorage.toml.
+    synchronous_given: bool = False
 
 
 def _state(ctx: click.Context) -> CliState:
@@ -439,7 +442,13 @@ def main(
     """A crash-safe, per-group work queue for chat agents in containers."""
     configure_logging(log_level, cast(LogFormat, log_format))
     ctx.obj = CliState(
-        data_dir=data_dir, synchronous=cast(Synchronous, synchronous), debug=debug
+        data_dir=data_dir,
+        synchronous=cast(Synchronous, synchronous),
+        debug=debug,
+        synchronous_given=(
+            ctx.get_parameter_source("synchronous")
+            is not click.core.ParameterSource.DEFAULT
+        ),
     )
 
 

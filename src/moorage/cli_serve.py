@@ -28,7 +28,8 @@ def _load(
     ctx: click.Context, config_file: Path | None, **flags: Any
 ) -> config_module.ServeConfig:
     state = _state(ctx)
-    flags["synchronous"] = state.synchronous
+    if state.synchronous_given:
+        flags["synchronous"] = state.synchronous
     return config_module.load(state.data_dir, config_file=config_file, overrides=flags)
 
 

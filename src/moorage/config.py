@@ -99,6 +99,11 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             if isinstance(value, str):
                 return validation.duration(value)
             return float(value)
+        if name == "synchronous":
+            mode = str(value).upper()
+            if mode not in ("FULL", "NORMAL", "EXTRA"):
+                raise ValueError(value)
+            return mode
         if name == "command":
             if isinstance(value, str):
                 return shlex.split(value)

@@ -9,7 +9,7 @@ One verb per state change, each one transaction that also appends one event:
 - ``finish``   active -> completed
 - ``fail``     active -> waiting (after a backoff) or failed (out of retries)
 - ``release``  active -> waiting without spending a retry (engine outage)
-- ``cancel``   waiting -> cancelled
+- ``cancel``   waiting -> cancelled, or active -> cancelled with its attempt
 - ``retry``    failed or cancelled -> waiting, with a fresh retry budget
 - ``prune``    deletes finished jobs (and their history) past an age
 

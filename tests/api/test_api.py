@@ -196,6 +196,20 @@ def test_same_idempotency_key_twice_makes_one_job(
     assert job_count(queue) == 1
 
 
+def test_a_key_replayed_with_another_schedule_is_refused(
+    client: httpx.Client, queue: Queue
+) -> None:
+    headers = {"Idempotency-Key": "digest-1"}
+    body = {"group_id": "g", "text": "digest", "kind": "task", "repeat": "15m"}
+    assert client.post("/v1/jobs", json=body, headers=headers).status_code == 201
+    same = client.post("/v1/jobs", json=body | {"repeat": "every 900"}, headers=headers)
+    assert same.status_code == 200  # the same schedule, written another way
+    other = client.post("/v1/jobs", json=body | {"repeat": "1h"}, headers=headers)
+    assert other.status_code == 409
+    assert other.json()["error"] == "idempotency_key_reused"
+    assert job_count(queue) == 1
+
+
 def test_idempotency_key_survives_a_restart(tmp_path: Path) -> None:
     body = {"group_id": "family", "text": "hi"}
     ids = []
