@@ -218,3 +218,79 @@ def _check_series(moorage: Moorage, first: int) -> int:
     completed = {row[0] for row in rows if row[1] == "completed"}
     assert dict(ticks) == dict.fromkeys(completed, 1)
     return done
+
+
+def test_crash_torture_with_running_jobs_cancelled(moorage: Moorage) -> None:
+    """Running attempts are cancelled from another process at random, while
+    ``serve`` runs and while it is dead: every job ends completed or
+    cancelled, no reply is delivered twice, every completed job answered
+    each of its lines once, and no container is left."""
+    seed = int(os.environ.get("MOORAGE_TORTURE_SEED", random.randrange(1 << 30)))
+    print(f"cancel torture seed: {seed} (MOORAGE_TORTURE_SEED={seed} repeats it)")
+    rng = random.Random(seed)
+    jobs = 40
+    ids = [
+        moorage.enqueue(
+            f"g{rng.randrange(12)}",
+            f"reply=start{n};sleep={rng.choice(['0.2', '0.5', '1'])};reply=end{n}",
+        )
+        for n in range(jobs)
+    ]
+    began = time.monotonic()
+    asked: set[int] = set()
+    for round_ in range(12):
+        moorage.start(max_concurrent=3)
+        time.sleep(rng.uniform(0.3, 1.5))
+        if round_ % 4 == 0:  # a cancel while serve runs
+            asked |= _cancel_one_running(moorage, rng)
+        moorage.kill9()
+        if round_ % 4 == 2:  # and one while it is dead
+            asked |= _cancel_one_running(moorage, rng)
+    assert asked, "no running job was ever cancelled"
+
+    moorage.start(max_concurrent=3)
+    final = ("completed", "cancelled")
+    eventually(lambda: all(moorage.status(i) in final for i in ids), timeout=300)
+    eventually(lambda: moorage.containers() == [], timeout=60)
+
+    statuses = {i: moorage.status(i) for i in ids}
+    for job_id in asked:
+        assert statuses[job_id] == "cancelled", job_id
+    for job_id, status in statuses.items():
+        if status == "cancelled" and job_id not in asked:
+            # Cancelled only as a member of a cancelled lead's attempt.
+            assert moorage.job(job_id)["batch_of"] in asked, job_id
+    completed = [n for n, i in enumerate(ids) if statuses[i] == "completed"]
+    assert completed, "every job was cancelled: nothing left to check"
+    eventually(
+        lambda: all(_delivered_texts(moorage)[f"end{n}"] == 1 for n in completed),
+        timeout=60,
+    )
+    texts = _delivered_texts(moorage)
+    assert all(count == 1 for count in texts.values()), texts
+    for n in completed:
+        assert texts[f"start{n}"] == 1, n
+    print(
+        f"{len(asked)} running jobs cancelled, {len(completed)} of {jobs} "
+        f"completed; {time.monotonic() - began:.0f} s"
+    )
+
+
+def _cancel_one_running(moorage: Moorage, rng: random.Random) -> set[int]:
+    """Cancel one running attempt, if any, chosen at random."""
+    queue = Queue.open(moorage.data_dir)
+    try:
+        running = queue.active()
+        if not running:
+            return set()
+        job = rng.choice(running)
+        queue.cancel(job.id)
+        return {job.id}
+    finally:
+        queue.close()
+
+
+def _delivered_texts(moorage: Moorage) -> collections.Counter[str]:
+    return collections.Counter(
+        r["text"] for r in moorage.delivered() if r["kind"] == "reply"
+    )
