@@ -303,3 +303,29 @@ def test_a_container_of_a_job_cancelled_while_stopped_is_removed_at_start_up(
     assert [a.kind for a in report.actions] == [ActionKind.ORPHAN]
     assert ref not in runtime.containers
     assert queue.get(job.id).status is Status.CANCELLED
+
+
+def test_a_refusing_engine_or_a_database_error_stops_the_loop(
+    queue, runtime, monkeypatch
+):
+    """Faults other than an unreachable engine are not retried in place: the
+    step raises (serve exits, and its next start recovers)."""
+    from moorage.errors import RuntimeFailure, StoreError
+
+    queue.enqueue("a", "hi")
+    dispatcher = make(queue, runtime)
+
+    def refuse() -> list:
+        raise RuntimeFailure("list: engine refused: 500")
+
+    monkeypatch.setattr(runtime, "list", refuse)
+    with pytest.raises(RuntimeFailure):
+        dispatcher.step()
+    monkeypatch.undo()
+
+    def broken(*args: object, **kwargs: object) -> list:
+        raise StoreError("database error: disk I/O error")
+
+    monkeypatch.setattr(queue, "claim", broken)
+    with pytest.raises(StoreError):
+        dispatcher.step()
