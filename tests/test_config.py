@@ -74,3 +74,15 @@ def test_synchronous_in_the_file_holds_unless_the_flag_or_variable_is_given(
 def test_the_default_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOORAGE_SYNCHRONOUS", raising=False)
     assert _serve_config(tmp_path).synchronous == "FULL"
+
+
+def test_pruning_ages_reach_the_dispatcher(tmp_path: Path) -> None:
+    from moorage.serve import dispatch_settings
+
+    write_config(tmp_path, 'completed_ttl = "2h"\ncancelled_ttl = "3d"\n')
+    settings = dispatch_settings(load(tmp_path, environ={"MOORAGE_FAILED_TTL": "1d"}))
+    assert (settings.completed_ttl, settings.failed_ttl, settings.cancelled_ttl) == (
+        7200.0,
+        86400.0,
+        259200.0,
+    )

@@ -33,6 +33,7 @@ _DURATIONS = {
     "prune_interval",
     "completed_ttl",
     "failed_ttl",
+    "cancelled_ttl",
     "stop_grace",
     "idle_timeout",
     "close_grace",
@@ -52,6 +53,7 @@ class ServeConfig:
     prune_interval: float = 3600.0
     completed_ttl: float = 86400.0
     failed_ttl: float = 7 * 86400.0
+    cancelled_ttl: float = 7 * 86400.0
     stop_grace: float = 10.0
     network: str = "none"
     memory_mb: int = 512

@@ -64,6 +64,7 @@ class DispatchSettings:
     prune_interval: float = 3600.0
     completed_ttl: float = DAY
     failed_ttl: float = 7 * DAY
+    cancelled_ttl: float = 7 * DAY
     stop_grace: float = 10.0
     limits: Limits = field(default_factory=Limits)
     network: str = "none"
@@ -232,7 +233,11 @@ class Dispatcher:
                 self._engine_lost(exc, now)
         if now >= self._next_prune:
             self._next_prune = now + self.settings.prune_interval
-            self.queue.prune(self.settings.completed_ttl, self.settings.failed_ttl)
+            self.queue.prune(
+                self.settings.completed_ttl,
+                self.settings.failed_ttl,
+                self.settings.cancelled_ttl,
+            )
 
     def run(self, stop: threading.Event, *, drain: bool = False) -> None:
         """Recover, then step until ``stop`` is set.  Containers still running

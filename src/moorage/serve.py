@@ -106,6 +106,7 @@ def dispatch_settings(config: ServeConfig) -> DispatchSettings:
         prune_interval=config.prune_interval,
         completed_ttl=config.completed_ttl,
         failed_ttl=config.failed_ttl,
+        cancelled_ttl=config.cancelled_ttl,
         stop_grace=config.stop_grace,
         limits=Limits(
             memory_bytes=config.memory_mb * 1024 * 1024,

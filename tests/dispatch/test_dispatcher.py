@@ -329,3 +329,25 @@ def test_a_refusing_engine_or_a_database_error_stops_the_loop(
     monkeypatch.setattr(queue, "claim", broken)
     with pytest.raises(StoreError):
         dispatcher.step()
+
+
+def test_the_periodic_prune_uses_each_age(queue, runtime, clock):
+    cancelled = queue.enqueue("a", "withdrawn")
+    queue.cancel(cancelled.id)
+    failed = queue.enqueue("b", "broken", max_retries=0)
+    dispatcher = make(
+        queue,
+        runtime,
+        prune_interval=60.0,
+        cancelled_ttl=30.0,
+        failed_ttl=3600.0,
+    )
+    dispatcher.step()
+    runtime.exit(runtime.ref_of(failed.id), 1)
+    dispatcher.step()
+    assert queue.get(failed.id).status is Status.FAILED
+
+    clock.advance(61)
+    dispatcher.step()
+
+    assert [j.id for j in queue.jobs(limit=10)] == [failed.id]  # cancelled pruned
