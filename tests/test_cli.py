@@ -363,7 +363,9 @@ def test_cancel_stops_a_running_job(data: Path, queue: Queue) -> None:
     result = run(data, "cancel", "1")
 
     assert result.exit_code == 0
-    assert result.stdout == "job 1 cancelled\n"
+    assert result.stdout == (
+        "job 1 cancelled; its attempt has ended and serve stops its container\n"
+    )
     assert queue.get(1).status is Status.CANCELLED
     assert queue.events(1)[-1].detail == (
         "cancelled while running; its container is stopped"

@@ -1100,8 +1100,15 @@ def cancel(
     A running job is cancelled at once, with the other messages of its
     attempt; the running ``serve`` then stops and removes its container.
     """
-    _change(ctx, job_id, "cancel", as_json, url, token)
-    if not as_json:
+    before = _change(ctx, job_id, "cancel", as_json, url, token)
+    if as_json:
+        return
+    if before == Status.ACTIVE.value:
+        click.echo(
+            f"job {job_id} cancelled; its attempt has ended and serve stops its "
+            "container"
+        )
+    else:
         click.echo(f"job {job_id} cancelled")
 
 
@@ -1112,17 +1119,21 @@ def _change(
     as_json: bool,
     url: str | None,
     token: str | None,
-) -> None:
-    """Retry or cancel a job, locally or on a server; print it with --json."""
+) -> str:
+    """Retry or cancel a job, locally or on a server; print it with --json.
+    Returns the job's status before the change."""
     server = open_remote(ctx, url, token)
     if server is None:
         queue = open_queue(ctx, create=False)
+        before = queue.get(job_id).status.value
         job = queue.retry(job_id) if verb == "retry" else queue.cancel(job_id)
         document = job.as_dict()
     else:
+        before = str(server.job(job_id)["job"]["status"])
         document = server.change(job_id, verb)
     if as_json:
         echo_json(document)
+    return before
 
 
 @main.command()

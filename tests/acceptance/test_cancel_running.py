@@ -41,7 +41,10 @@ def test_cancelling_a_running_job_stops_its_container(moorage: Moorage) -> None:
 
     done = cancel(moorage, stuck)
 
-    assert (done.returncode, done.stdout) == (0, f"job {stuck} cancelled\n")
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"job {stuck} cancelled; its attempt has ended and serve stops its container\n",
+    )
     assert moorage.status(stuck) == "cancelled"
     eventually(lambda: moorage.status(after) == "completed", timeout=60)
     eventually(lambda: moorage.containers() == [], timeout=30)

@@ -210,6 +210,13 @@ def test_retry_and_cancel_change_the_servers_queue(
     )
     assert queue.get(job.id).status == Status.WAITING
 
+    (running,) = queue.claim(1)
+    assert remote(url, "cancel", str(running.id)).stdout == (
+        f"job {running.id} cancelled; its attempt has ended and serve stops its "
+        "container\n"
+    )
+    assert queue.get(running.id).status == Status.CANCELLED
+
 
 # -- refusals keep the local exit statuses ------------------------------------------
 
