@@ -1119,17 +1119,23 @@ def _change(
     as_json: bool,
     url: str | None,
     token: str | None,
-) -> str:
+) -> str | None:
     """Retry or cancel a job, locally or on a server; print it with --json.
-    Returns the job's status before the change."""
+    Returns the job's status before a cancel (which says whether it stopped a
+    running attempt); None for a retry."""
     server = open_remote(ctx, url, token)
+    before = None
     if server is None:
         queue = open_queue(ctx, create=False)
-        before = queue.get(job_id).status.value
-        job = queue.retry(job_id) if verb == "retry" else queue.cancel(job_id)
+        if verb == "retry":
+            job = queue.retry(job_id)
+        else:
+            before = queue.get(job_id).status.value
+            job = queue.cancel(job_id)
         document = job.as_dict()
     else:
-        before = str(server.job(job_id)["job"]["status"])
+        if verb == "cancel":
+            before = str(server.job(job_id)["job"]["status"])
         document = server.change(job_id, verb)
     if as_json:
         echo_json(document)

@@ -64,9 +64,7 @@ def test_engine_never_runs_two_containers_for_a_group_or_more_than_the_cap(
 def test_crash_torture_loses_nothing_and_answers_everything_once(
     moorage: Moorage,
 ) -> None:
-    seed = int(os.environ.get("MOORAGE_TORTURE_SEED", random.randrange(1 << 30)))
-    print(f"crash torture seed: {seed} (MOORAGE_TORTURE_SEED={seed} repeats it)")
-    rng = random.Random(seed)
+    rng = _seeded("crash torture")
     jobs = 150
     ids = [
         moorage.enqueue(
@@ -109,9 +107,7 @@ def test_crash_torture_with_follow_ups_and_recurring_tasks(moorage: Moorage) -> 
     """Conversations and recurring tasks under repeated ``kill -9``: every
     message answered exactly once, and every occurrence of a series followed
     by exactly one next occurrence, at the slot the schedule gives."""
-    seed = int(os.environ.get("MOORAGE_TORTURE_SEED", random.randrange(1 << 30)))
-    print(f"conversation torture seed: {seed} (MOORAGE_TORTURE_SEED={seed})")
-    rng = random.Random(seed)
+    rng = _seeded("conversation torture")
     env = {"MOORAGE_IDLE_TIMEOUT": "1", "MOORAGE_CLOSE_GRACE": "3"}
     series = [
         moorage.enqueue(f"g{n}", "reply=tick", kind="task", repeat="every 2")
@@ -164,6 +160,13 @@ def test_crash_torture_with_follow_ups_and_recurring_tasks(moorage: Moorage) -> 
         f"{kills} kills, {len(messages)} messages ({received} taken as follow-ups), "
         f"{occurrences} occurrences; {time.monotonic() - began:.0f} s"
     )
+
+
+def _seeded(name: str) -> random.Random:
+    """A random source whose seed is printed (MOORAGE_TORTURE_SEED repeats it)."""
+    seed = int(os.environ.get("MOORAGE_TORTURE_SEED", random.randrange(1 << 30)))
+    print(f"{name} seed: {seed} (MOORAGE_TORTURE_SEED={seed} repeats it)")
+    return random.Random(seed)
 
 
 def _replies(moorage: Moorage, messages: dict[int, str]) -> collections.Counter[str]:
@@ -225,9 +228,7 @@ def test_crash_torture_with_running_jobs_cancelled(moorage: Moorage) -> None:
     ``serve`` runs and while it is dead: every job ends completed or
     cancelled, no reply is delivered twice, every completed job answered
     each of its lines once, and no container is left."""
-    seed = int(os.environ.get("MOORAGE_TORTURE_SEED", random.randrange(1 << 30)))
-    print(f"cancel torture seed: {seed} (MOORAGE_TORTURE_SEED={seed} repeats it)")
-    rng = random.Random(seed)
+    rng = _seeded("cancel torture")
     jobs = 40
     ids = [
         moorage.enqueue(

@@ -441,11 +441,7 @@ class DockerRuntime(Runtime):
         # fetched afterwards are final and a last unterminated line is whole.
         exited = self._info(self._inspect_raw(ref)).state is ContainerState.EXITED
         if not self._timestamped_logs():
-            with self._engine("read output", ref):
-                data: bytes = self.api.logs(
-                    ref, stdout=True, stderr=False, stream=False
-                )
-            return split_lines(data, position, final=exited)
+            return self._read_whole(ref, position, final=exited)
         with self._cursors_lock:
             cursor = self._cursors.get(ref)
         messages: builtins.list[_LogMessage] | None = None
@@ -460,15 +456,14 @@ class DockerRuntime(Runtime):
         if messages is None:
             messages = self._log_messages(ref, None)
         if messages is None:  # not in the expected format: read it plainly
-            with self._engine("read output", ref):
-                data = self.api.logs(ref, stdout=True, stderr=False, stream=False)
-            return split_lines(data, position, final=exited)
+            return self._read_whole(ref, position, final=exited)
         lines, ends = _assemble(messages, start, final=exited)
         chosen = lines[skip:]
-        if chosen or (start == 0 and 0 < skip <= len(lines)):
-            # The last line consumed so far ends in this message; the place
-            # is kept only where a message ends exactly at a line's end.
-            last = ends[skip + len(chosen) - 1]
+        if lines and skip <= len(lines):
+            # Every line of `lines` is now behind the reader (skipped or
+            # returned); the place is kept only where a message ends exactly
+            # at a line's end.
+            last = ends[-1]
             if messages[last].payload.endswith(b"\n"):
                 self._remember(
                     ref,
@@ -484,6 +479,14 @@ class DockerRuntime(Runtime):
             line.removesuffix(b"\r").decode("utf-8", errors="replace")
             for line in chosen
         ]
+
+    def _read_whole(
+        self, ref: str, position: int, *, final: bool
+    ) -> builtins.list[str]:
+        """The plain read: the whole stdout log, split into lines."""
+        with self._engine("read output", ref):
+            data: bytes = self.api.logs(ref, stdout=True, stderr=False, stream=False)
+        return split_lines(data, position, final=final)
 
     def _timestamped_logs(self) -> bool:
         """Whether the engine's log stream can be read incrementally: Docker
@@ -604,20 +607,16 @@ class DockerRuntime(Runtime):
         self._forget(ref)
         try:
             self._inspect_raw(ref)
-            try:
-                with self._engine("remove", ref):
+            with self._engine("remove", ref):
+                try:
                     self.api.remove_container(ref, force=True, v=True)
-            except RuntimeFailure as exc:
-                cause = exc.__cause__
-                if not (
-                    isinstance(cause, docker.errors.APIError)
-                    and _removal_in_progress(cause)
-                ):
-                    raise
-                # Someone else (another moorage process, an operator) is
-                # removing it: done once the engine has finished.
-                self._await_removal(ref)
-                return
+                except docker.errors.APIError as exc:
+                    if not _removal_in_progress(exc):
+                        raise
+                    # Someone else (another moorage process, an operator) is
+                    # removing it: done once the engine has finished.
+                    self._await_removal(ref)
+                    return
         except ContainerNotFound:
             return
         logger.info("removed %s", ref, extra={"action": "remove", "container": ref})
